@@ -1,0 +1,115 @@
+"""Plain data types shared by the host, the hooks and the adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Union
+
+if TYPE_CHECKING:
+    import click
+    from PIL import Image
+
+#: What a plugin's image loader may hand back; the core decodes and checks it like any other input.
+LoadedImage = Union[bytes, "IO[bytes]", "Image.Image"]
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Limits applied to every image input, whatever its source."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A way to fetch images named by a string: a URL scheme (``"s3"`` matches ``s3://...``) or a predicate.
+
+    ``load(ref, limits)`` returns bytes, a binary file object or a PIL image, or raises
+    :class:`~blip2plugins.errors.ImageError`. The core then decodes and checks the result.
+    """
+
+    name: str
+    load: Callable[[str, ImageLimits], LoadedImage]
+    scheme: str | None = None
+    matches: Callable[[str], bool] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.scheme is None) == (self.matches is None):
+            raise ValueError(f"image source {self.name!r}: give exactly one of scheme= or matches=")
+
+    def claims(self, ref: str) -> bool:
+        """Whether this source handles the string ``ref``."""
+        if self.scheme is not None:
+            return ref.lower().startswith(self.scheme.lower() + ":")
+        assert self.matches is not None
+        return bool(self.matches(ref))
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A named model: where its checkpoint lives and how to use it.
+
+    ``source`` is a hub id (``"Salesforce/blip2-opt-2.7b"``) or a local folder. ``family`` is the
+    language-model family (``"opt"`` or ``"t5"``); ``None`` means: read it from the checkpoint's
+    config. ``defaults`` are generation options applied before the caller's own.
+    """
+
+    name: str
+    source: str
+    family: str | None = None
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServingAdapter:
+    """A way to serve the host to other programs (Label Studio, an HTTP API...).
+
+    ``command`` is a click command; ``blip2 serve <name>`` runs it.
+    """
+
+    name: str
+    command: "click.Command"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One trained adapter (LoRA or Q-Former weights) in an adapter store."""
+
+    name: str
+    version: str
+    path: str
+    method: str
+    base_model: str
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """The outcome of one task on one item.
+
+    ``text`` is the best output and ``score`` its confidence: the geometric mean of the model's
+    probabilities of the generated tokens (``exp`` of the mean token log-probability, end-of-text
+    included), in (0, 1]. ``candidates`` holds every returned sequence with its score (``n`` > 1).
+    When the item failed, ``text`` and ``score`` are ``None`` and ``error`` says why.
+    """
+
+    task: str
+    text: str | None
+    score: float | None
+    model: str
+    model_version: str
+    prompt: str | None = None
+    candidates: list[tuple[str, float]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the item succeeded."""
+        return self.error is None
