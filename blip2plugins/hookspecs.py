@@ -1,0 +1,77 @@
+"""Every hook of blip2plugins: its arguments, what it returns and how it is called.
+
+Plugins implement hooks with ``@blip2plugins.hookimpl``. Each ``register_*`` hook receives a
+``register`` callback and calls it once per thing it adds; its return value is ignored. These hooks
+are called once, when the plugin manager first loads (``blip2plugins.plugins.get_plugin_manager``).
+An implementation whose name matches no spec below is refused with a ``PluginError``.
+The section for each hook in ``docs/plugins.md`` is the user-facing documentation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .types import AdapterVersion, ImageSource, ModelPreset, Result, ServingAdapter
+
+PROJECT = "blip2plugins"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_models(register: Callable[[ModelPreset], None]) -> None:
+    """Add model presets: call ``register(ModelPreset(...))`` for each.
+
+    A later registration with the same name (or alias) replaces an earlier one; the built-in presets
+    are registered first, so a plugin can override them.
+    """
+
+
+@hookspec
+def register_image_sources(register: Callable[[ImageSource], None]) -> None:
+    """Add image sources: call ``register(ImageSource(...))`` for each.
+
+    When a string names an image, the sources are asked in registration order with plugins before
+    the built-in ones, and the first whose ``claims(ref)`` is true loads it. Strings that no source
+    claims are local paths.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``blip2`` command: decorate functions with ``@cli.command()``."""
+
+
+@hookspec
+def register_adapters(register: Callable[[ServingAdapter], None]) -> None:
+    """Add serving adapters: call ``register(ServingAdapter(name, command))``.
+
+    ``blip2 serve NAME`` runs the adapter's click command; ``blip2 serve --help`` lists them.
+    """
+
+
+@hookspec
+def process_result(task: str, result: Result) -> Result | None:
+    """Post-process one successful result before it reaches the caller.
+
+    ``task`` is ``"caption"``, ``"ask"`` or ``"chat"``. Return a new :class:`Result` (e.g. with
+    ``dataclasses.replace(result, text=...)``) or ``None`` to leave it unchanged. Unlike a plain
+    pluggy hook the implementations are chained: each receives the result the previous one
+    returned, in pluggy's call order (last registered first; ``tryfirst`` / ``trylast`` apply).
+    Failed items (``result.error`` set) are not passed to this hook.
+    """
+
+
+@hookspec
+def training_finished(adapter: AdapterVersion) -> None:
+    """Called after a training run has written a new adapter version (before any eval gate)."""
+
+
+@hookspec
+def adapter_promoted(adapter: AdapterVersion) -> None:
+    """Called when an adapter version passes its eval gate and becomes the one served."""
