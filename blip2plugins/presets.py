@@ -1,0 +1,33 @@
+"""Default plugin: the built-in model presets (the bundled demo model and Salesforce's checkpoints)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .demo import MODEL_DIR
+from .hookspecs import hookimpl
+from .types import ModelPreset
+
+DEMO = ModelPreset(
+    name="demo",
+    source=str(MODEL_DIR),
+    family="opt",
+    description="Bundled tiny BLIP-2 trained on synthetic shapes; it knows nothing else",
+)
+
+_SALESFORCE = (
+    ("blip2-opt-2.7b", "opt", "OPT-2.7b language model, pre-trained"),
+    ("blip2-opt-6.7b", "opt", "OPT-6.7b language model, pre-trained"),
+    ("blip2-opt-2.7b-coco", "opt", "OPT-2.7b, fine-tuned on COCO captions"),
+    ("blip2-opt-6.7b-coco", "opt", "OPT-6.7b, fine-tuned on COCO captions"),
+    ("blip2-flan-t5-xl", "t5", "Flan-T5-XL language model, pre-trained"),
+    ("blip2-flan-t5-xxl", "t5", "Flan-T5-XXL language model, pre-trained"),
+    ("blip2-flan-t5-xl-coco", "t5", "Flan-T5-XL, fine-tuned on COCO captions"),
+)
+
+
+@hookimpl
+def register_models(register: Callable[[ModelPreset], None]) -> None:
+    register(DEMO)
+    for name, family, description in _SALESFORCE:
+        register(ModelPreset(name=name, source=f"Salesforce/{name}", family=family, description=description))
