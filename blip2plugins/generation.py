@@ -1,0 +1,117 @@
+"""Generation options: one validated, hashable set of ``generate`` arguments per request.
+
+Deterministic by default (greedy search). Every option is checked by name, type and range; a
+mistake raises :class:`~blip2plugins.errors.OptionError` naming the option and the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from .errors import OptionError
+
+MAX_NEW_TOKENS_DEFAULT = 30
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Validated generation options; ``n`` is the number of sequences returned per item."""
+
+    max_new_tokens: int = MAX_NEW_TOKENS_DEFAULT
+    min_new_tokens: int = 0
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+    seed: int | None = None
+    n: int = 1
+
+    @classmethod
+    def from_kwargs(cls, options: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> GenerationOptions:
+        """Validate ``options`` (after ``defaults``, e.g. a preset's) into a ``GenerationOptions``."""
+        known = {f.name: f for f in fields(cls)}
+        merged = {**(defaults or {}), **{k: v for k, v in options.items() if v is not None}}
+        for name, value in merged.items():
+            if name not in known:
+                raise OptionError(f"unknown generation option {name!r}; known options: {', '.join(known)}")
+            merged[name] = _check_type(name, value, _TYPES[name])
+        opts = cls(**merged)
+        opts._check_ranges(explicit=set(merged))
+        return opts
+
+    def _check_ranges(self, explicit: set[str]) -> None:
+        _at_least("max_new_tokens", self.max_new_tokens, 1)
+        _at_least("min_new_tokens", self.min_new_tokens, 0)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise OptionError(f"min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})")
+        _between("num_beams", self.num_beams, 1, 32)
+        _between("n", self.n, 1, 32)
+        if not 0 < self.temperature <= 100:
+            raise OptionError(f"temperature must be in (0, 100], got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise OptionError(f"top_p must be in (0, 1], got {self.top_p}")
+        _at_least("top_k", self.top_k, 0)
+        if not 0 < self.repetition_penalty <= 100:
+            raise OptionError(f"repetition_penalty must be in (0, 100], got {self.repetition_penalty}")
+        _at_least("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        if self.seed is not None:
+            _at_least("seed", self.seed, 0)
+        sampling_only = sorted(explicit & {"temperature", "top_p", "top_k", "seed"})
+        if sampling_only and not self.do_sample:
+            raise OptionError(f"{', '.join(sampling_only)} only apply when sampling: pass do_sample=True")
+        if self.n > 1 and not self.do_sample and self.n > self.num_beams:
+            raise OptionError(f"n={self.n} needs do_sample=True or num_beams >= {self.n}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``generate`` (only the ones that differ from plain greedy search)."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                                  "do_sample": self.do_sample, "num_return_sequences": self.n}
+        if self.min_new_tokens:
+            kwargs["min_new_tokens"] = self.min_new_tokens
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.num_beams > 1:
+            kwargs["length_penalty"] = self.length_penalty
+        return kwargs
+
+    def as_dict(self) -> dict[str, Any]:
+        """All options as a plain dict."""
+        return asdict(self)
+
+
+_TYPES: dict[str, type] = {
+    "max_new_tokens": int, "min_new_tokens": int, "num_beams": int, "do_sample": bool,
+    "temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float,
+    "no_repeat_ngram_size": int, "length_penalty": float, "seed": int, "n": int,
+}
+
+
+def _check_type(name: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise OptionError(f"{name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise OptionError(f"{name} must be >= {low}, got {value}")
+
+
+def _between(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise OptionError(f"{name} must be between {low} and {high}, got {value}")

@@ -1,0 +1,380 @@
+"""The model host: one loaded BLIP-2 serving captions, answers and chats to many callers.
+
+One worker thread owns the model. Callers (any number of threads) load and preprocess their images,
+then queue requests; the worker gathers up to ``max_batch_size`` compatible requests, waiting at
+most ``max_wait`` seconds for more, and runs them as one batch. So every caller, adapter and plugin
+gets batching for free, and results equal those of one-by-one runs (left padding, same tokens).
+
+Generation follows ``Blip2ForConditionalGeneration.generate`` step by step, but on image features
+that can be computed once and reused: a chat encodes its image once for all turns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Sequence, TypeVar
+
+import torch
+from PIL import Image
+
+from . import models, plugins
+from .chat import Conversation
+from .errors import Blip2Error, ImageError, OptionError
+from .generation import GenerationOptions
+from .images import describe, load_image
+from .types import Result
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Generate:
+    task: str
+    prompt: str
+    options: GenerationOptions
+    label: str
+    pixel_values: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    queued: float = field(default_factory=time.perf_counter)
+    future: Future[Result] = field(default_factory=Future)
+
+    def key(self) -> object:
+        # Sampled requests run alone, so a seed reproduces the same text whatever else is queued.
+        return self if self.options.do_sample else ("generate", self.options)
+
+
+@dataclass(eq=False)
+class _Encode:
+    pixel_values: torch.Tensor
+    future: Future[torch.Tensor] = field(default_factory=Future)
+
+    def key(self) -> object:
+        return "encode"
+
+
+_STOP = object()
+
+
+class Host:
+    """A loaded BLIP-2 model serving ``caption``, ``ask`` and ``chat``, safe to share between threads.
+
+    Single-item calls return a :class:`Result` and raise :class:`Blip2Error` on failure; list calls
+    return one :class:`Result` per item, with ``error`` set on the items that failed.
+    """
+
+    def __init__(self, loaded: models.LoadedModel, *, max_batch_size: int = 32, max_wait: float = 0.005) -> None:
+        if max_batch_size < 1:
+            raise OptionError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.loaded = loaded
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._stats = {"batches": 0, "items": 0, "encoded": 0, "largest_batch": 0}
+        self._worker = threading.Thread(target=self._serve, name="blip2-host", daemon=True)
+        self._worker.start()
+
+    @classmethod
+    def load(cls, model: str = "demo", *, device: str = "auto", dtype: str = "auto", quantize: str | None = None,
+             adapter: str | None = None, max_batch_size: int = 32, max_wait: float = 0.005) -> Host:
+        """Load a preset name, a checkpoint folder or a hub id, optionally with a LoRA adapter folder."""
+        loaded = models.load(model, device=device, dtype=dtype, quantize=quantize)
+        if adapter is not None:
+            models.attach_adapter(loaded, adapter)
+        return cls(loaded, max_batch_size=max_batch_size, max_wait=max_wait)
+
+    @property
+    def name(self) -> str:
+        return self.loaded.preset.name
+
+    @property
+    def model_version(self) -> str:
+        return self.loaded.version
+
+    # -- public tasks -------------------------------------------------------------------------
+
+    def options(self, **options: Any) -> GenerationOptions:
+        """Validate generation options on top of the preset's defaults."""
+        return GenerationOptions.from_kwargs(options, self.loaded.preset.defaults)
+
+    def caption(self, images: Any, *, prompt: str | Sequence[str] | None = None, n: int = 1, **options: Any) -> Any:
+        """Caption one image (-> Result) or a list (-> list[Result]); ``prompt`` is a prefix the caption starts with.
+
+        With a prompt, decoder-only models (OPT) return the whole caption, prefix included; FlanT5
+        reads the prompt as an instruction and returns what it generated.
+        """
+        opts = self.options(n=n, **options)
+        if not isinstance(images, (list, tuple)):
+            return self._one(self._submit_images("caption", [images], [prompt or ""], opts, strict=True)[0])
+        return self._wait(self._submit_images("caption", list(images), _spread(prompt or "", len(images), "prompt"), opts))
+
+    def ask(self, images: Any, question: str | Sequence[str], **options: Any) -> Any:
+        """Answer questions: one image and one question -> Result; lists -> list[Result].
+
+        One image with several questions encodes the image once; several images with one question
+        ask it of each; two lists are paired item by item.
+        """
+        opts = self.options(**options)
+        family = self.loaded.family
+        if isinstance(question, str) and not isinstance(images, (list, tuple)):
+            prompt = family.render_question(question)
+            return self._one(self._submit_images("ask", [images], [prompt], opts, strict=True)[0])
+        if not isinstance(images, (list, tuple)):
+            features = self.encode(images)
+            return self._wait([self.submit_features("ask", features, family.render_question(q), opts,
+                                                    label=describe(images)) for q in question])
+        questions = _spread(question, len(images), "question")
+        return self._wait(self._submit_images("ask", list(images), [family.render_question(q) for q in questions], opts))
+
+    def chat(self, image: Any, *, system: str | None = None, **options: Any) -> Conversation:
+        """Start a conversation about one image; the image is encoded once, here."""
+        return Conversation(self, self.encode(image), label=describe(image), system=system,
+                            options=self.options(**options))
+
+    def submit_caption(self, image: Any, *, prompt: str | None = None, n: int = 1, **options: Any) -> Future[Result]:
+        """Queue one caption; the future's result has ``error`` set if the item failed."""
+        return self._submit_images("caption", [image], [prompt or ""], self.options(n=n, **options))[0]
+
+    def submit_ask(self, image: Any, question: str, **options: Any) -> Future[Result]:
+        """Queue one question; the future's result has ``error`` set if the item failed."""
+        prompt = self.loaded.family.render_question(question)
+        return self._submit_images("ask", [image], [prompt], self.options(**options))[0]
+
+    # -- building blocks ------------------------------------------------------------------------
+
+    def encode(self, image: Any) -> torch.Tensor:
+        """The language-model-projected query embeddings of one image, shape (num_query_tokens, hidden)."""
+        pixel_values = self.preprocess([load_image(image)])[0]
+        request = _Encode(pixel_values)
+        self._queue.put(request)
+        return request.future.result()
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """Resize (with Pillow, before anything else) and normalise RGB images into pixel values."""
+        processor = self.loaded.processor.image_processor
+        size = (processor.size["width"], processor.size["height"])
+        shrunk = [im if im.size == size else im.resize(size, Image.Resampling.BICUBIC) for im in images]
+        return processor(shrunk, return_tensors="pt")["pixel_values"]
+
+    def submit_features(self, task: str, features: torch.Tensor, prompt: str, options: GenerationOptions,
+                        *, label: str = "<features>") -> Future[Result]:
+        """Queue a generation from already-encoded image features and a fully rendered prompt."""
+        request = _Generate(task, prompt, options, label, features=features)
+        return self._enqueue(request)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since load: generation batches run, items generated, images encoded, largest batch."""
+        return dict(self._stats)
+
+    def close(self) -> None:
+        """Stop the worker after the queued work is done."""
+        if self._worker.is_alive():
+            self._queue.put(_STOP)
+            self._worker.join()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _submit_images(self, task: str, images: list[Any], prompts: list[str], opts: GenerationOptions,
+                       *, strict: bool = False) -> list[Future[Result]]:
+        futures: list[Future[Result]] = []
+        for start in range(0, len(images), self.max_batch_size):
+            chunk = list(zip(images[start:start + self.max_batch_size], prompts[start:start + self.max_batch_size]))
+            began = time.perf_counter()
+            loaded: list[tuple[int, Image.Image]] = []
+            chunk_futures: list[Future[Result]] = []
+            for index, (image, prompt) in enumerate(chunk):
+                try:
+                    self._check_prompt(prompt)
+                    loaded.append((index, load_image(image)))
+                except Blip2Error as exc:
+                    if strict:
+                        raise
+                    chunk_futures.append(_failed(Result(task, None, None, self.name, self.model_version,
+                                                        prompt=prompt, error=str(exc))))
+                    continue
+                chunk_futures.append(Future())
+            pixel_values = self.preprocess([im for _, im in loaded]) if loaded else None
+            spent = (time.perf_counter() - began) / max(len(chunk), 1)
+            for row, (index, _) in enumerate(loaded):
+                image, prompt = chunk[index]
+                request = _Generate(task, prompt, opts, describe(image), pixel_values=pixel_values[row],
+                                    timings={"preprocess_s": spent}, future=chunk_futures[index])
+                self._enqueue(request)
+            futures.extend(chunk_futures)
+        return futures
+
+    def _check_prompt(self, prompt: str) -> None:
+        token = self.loaded.processor.image_token.content
+        if token in prompt:
+            raise OptionError(f"prompt {prompt[:60]!r} contains the image token {token!r}")
+
+    def _enqueue(self, request: _Generate) -> Future[Result]:
+        if not self._worker.is_alive():
+            raise Blip2Error("the host is closed")
+        self._queue.put(request)
+        return request.future
+
+    def _one(self, future: Future[Result]) -> Result:
+        result = future.result()
+        if not result.ok:
+            raise Blip2Error(result.error)
+        return result
+
+    @staticmethod
+    def _wait(futures: list[Future[Result]]) -> list[Result]:
+        return [f.result() for f in futures]
+
+    def _serve(self) -> None:
+        pending: list[Any] = []
+        stopping = False
+        while pending or not stopping:
+            if not pending:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                pending.append(item)
+            deadline = time.perf_counter() + self.max_wait
+            while not stopping and len(pending) < self.max_batch_size:
+                try:
+                    item = self._queue.get(timeout=max(deadline - time.perf_counter(), 0))
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                else:
+                    pending.append(item)
+            key = pending[0].key()
+            batch = [p for p in pending if p.key() == key][: self.max_batch_size]
+            pending = [p for p in pending if p not in batch]
+            self._run(batch)
+
+    def _run(self, batch: list[Any]) -> None:
+        try:
+            with torch.inference_mode():
+                if isinstance(batch[0], _Encode):
+                    features = self._features(torch.stack([r.pixel_values for r in batch]))
+                    self._stats["encoded"] += len(batch)
+                    for request, row in zip(batch, features):
+                        request.future.set_result(row)
+                else:
+                    self._generate(batch)
+        except Exception as exc:  # a failed batch fails its items, never the worker
+            log.exception("batch of %d failed", len(batch))
+            for request in batch:
+                if isinstance(request, _Encode):
+                    request.future.set_exception(Blip2Error(f"encoding failed: {exc}"))
+                else:
+                    request.future.set_result(Result(request.task, None, None, self.name, self.model_version,
+                                                     prompt=request.prompt, error=f"generation failed: {exc}"))
+
+    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        loaded = self.loaded
+        pixel_values = pixel_values.to(loaded.device, loaded.dtype)
+        return loaded.model.get_image_features(pixel_values=pixel_values).pooler_output
+
+    def _generate(self, batch: list[_Generate]) -> None:
+        loaded, model = self.loaded, self.loaded.model
+        started = time.perf_counter()
+        todo = [r for r in batch if r.features is None]
+        self._stats["batches"] += 1
+        self._stats["items"] += len(batch)
+        self._stats["encoded"] += len(todo)
+        self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
+        if todo:
+            for request, row in zip(todo, self._features(torch.stack([r.pixel_values for r in todo]))):
+                request.features = row
+        encoded = time.perf_counter()
+        input_ids, attention_mask = self._encode_prompts([r.prompt for r in batch])
+        image_slots = input_ids == loaded.image_token_id
+        counts = image_slots.sum(dim=1)
+        if bool((counts != loaded.num_query_tokens).any()):
+            raise Blip2Error(f"image-token count per row {counts.tolist()} != {loaded.num_query_tokens} query tokens")
+        embeds = model.get_input_embeddings()(input_ids)
+        features = torch.stack([r.features for r in batch]).to(embeds.device, embeds.dtype)
+        embeds = embeds.masked_scatter(image_slots.unsqueeze(-1), features)
+        inputs: dict[str, torch.Tensor] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
+        if loaded.family.decoder_only:
+            inputs["input_ids"] = input_ids
+        options = batch[0].options
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        out = model.language_model.generate(**inputs, **options.generate_kwargs(), return_dict_in_generate=True,
+                                            output_logits=True, output_scores=options.num_beams > 1)
+        new_tokens = out.sequences[:, input_ids.shape[1]:] if loaded.family.decoder_only else out.sequences[:, 1:]
+        scores = self._scores(out, new_tokens, options)
+        texts = loaded.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        done = time.perf_counter()
+        n = options.n
+        for i, request in enumerate(batch):
+            candidates = [(self._text(request, texts[j]), float(scores[j])) for j in range(i * n, (i + 1) * n)]
+            if options.do_sample:
+                candidates.sort(key=lambda c: -c[1])
+            timings = {**request.timings, "queue_s": started - request.queued, "encode_s": encoded - started,
+                       "generate_s": done - encoded, "total_s": done - request.queued + request.timings.get("preprocess_s", 0.0)}
+            result = Result(request.task, candidates[0][0], candidates[0][1], self.name, self.model_version,
+                            prompt=request.prompt, candidates=candidates, timings=timings)
+            request.future.set_result(plugins.process_result(request.task, result))
+
+    def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens, then the padded prompt, as ``Blip2Processor`` builds them.
+
+        Decoder-only models get left padding (generation continues from the last column). T5 gets
+        right padding: its relative position buckets count pads lying between image and text
+        tokens, so left-padded rows would not match one-by-one runs.
+        """
+        loaded = self.loaded
+        side = "left" if loaded.family.decoder_only else "right"
+        text = loaded.processor.tokenizer(prompts, padding=True, padding_side=side, return_tensors="pt")
+        rows = len(prompts)
+        image = torch.full((rows, loaded.num_query_tokens), loaded.image_token_id, dtype=text.input_ids.dtype)
+        input_ids = torch.cat([image, text.input_ids], dim=1).to(loaded.device)
+        attention_mask = torch.cat([torch.ones_like(image), text.attention_mask], dim=1).to(loaded.device)
+        return input_ids, attention_mask
+
+    def _scores(self, out: Any, new_tokens: torch.Tensor, options: GenerationOptions) -> list[float]:
+        """Confidence of each sequence: exp of the mean log-probability of its tokens, EOS included.
+
+        Greedy and sampling use the model's raw probabilities; beam search uses the beam score
+        (the length-normalised log-probability under the search's own processors).
+        """
+        if options.num_beams > 1:
+            return out.sequences_scores.float().exp().tolist()
+        logits = torch.stack(out.logits, dim=1).float()
+        logp = logits.log_softmax(-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        eos = self.loaded.model.language_model.generation_config.eos_token_id
+        eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=new_tokens.device)
+        is_eos = torch.isin(new_tokens, eos_ids).long()
+        valid = (is_eos.cumsum(dim=1) - is_eos) == 0
+        mean = (logp * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+        return mean.exp().tolist()
+
+    def _text(self, request: _Generate, generated: str) -> str:
+        if request.task == "caption" and request.prompt and self.loaded.family.decoder_only:
+            return (request.prompt + generated).strip()
+        return generated.strip()
+
+
+def _spread(value: T | Sequence[T], count: int, what: str) -> list[T]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise OptionError(f"got {len(value)} {what}s for {count} images")
+        return list(value)
+    return [value] * count  # type: ignore[list-item]
+
+
+def _failed(result: Result) -> Future[Result]:
+    future: Future[Result] = Future()
+    future.set_result(result)
+    return future

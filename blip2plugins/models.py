@@ -1,0 +1,205 @@
+"""Resolve a model name to a checkpoint and load it, with the guards transformers lacks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+from .errors import ModelLoadError
+from .families import Family, family_of
+from .plugins import model_presets
+from .types import ModelPreset
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+QUANTIZE = ("8bit", "4bit")
+_HASH_ALL_BELOW = 64 * 1024 * 1024
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready to serve: model, processor and what the host needs to know about them."""
+
+    preset: ModelPreset
+    model: Blip2ForConditionalGeneration
+    processor: Blip2Processor
+    family: Family
+    version: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def num_query_tokens(self) -> int:
+        return int(self.model.config.num_query_tokens)
+
+    @property
+    def max_positions(self) -> int:
+        """Longest input the language model accepts, image query tokens included."""
+        text = self.model.config.text_config
+        limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+        return int(limit or min(self.processor.tokenizer.model_max_length, 4096))
+
+
+def resolve(model: str) -> ModelPreset:
+    """A preset by name or alias, a local checkpoint folder, or a hub id (``org/name``)."""
+    presets = model_presets()
+    if model in presets:
+        return presets[model]
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return ModelPreset(name=path.name, source=str(path))
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelLoadError(
+            f"unknown model {model!r}: not a preset ({', '.join(sorted(presets))}), "
+            "a checkpoint folder or a hub id like 'Salesforce/blip2-opt-2.7b'"
+        )
+    return ModelPreset(name=model, source=model)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        picked = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"device {device!r}: {exc}") from None
+    if picked.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r}: CUDA is not available on this machine")
+    return picked
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r}: expected auto or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _quantization(quantize: str | None, dtype: torch.dtype) -> Any:
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE:
+        raise ModelLoadError(f"quantize {quantize!r}: expected one of {', '.join(QUANTIZE)}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(
+            f"quantize={quantize!r} needs bitsandbytes: pip install 'blip2plugins[quantization]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str | None = None) -> LoadedModel:
+    """Load ``model`` (preset, folder or hub id) and check that model and processor agree."""
+    preset = resolve(model)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    quantization = _quantization(quantize, torch_dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if quantization is not None:
+        kwargs.update(quantization_config=quantization, device_map={"": str(dev)})
+    try:
+        processor = Blip2Processor.from_pretrained(preset.source)
+        net = Blip2ForConditionalGeneration.from_pretrained(preset.source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load model {preset.name!r} from {preset.source}: {exc}") from None
+    if quantization is None:
+        net = net.to(dev)
+    net.eval()
+    family = family_of(net.config.text_config.model_type)
+    if preset.family is not None and preset.family != family.name:
+        raise ModelLoadError(
+            f"model {preset.name!r}: the preset says family {preset.family!r} but the checkpoint's "
+            f"language model is {net.config.text_config.model_type!r}"
+        )
+    check_pair(net, processor, preset.name)
+    return LoadedModel(preset, net, processor, family, _version(preset, net), dev, torch_dtype)
+
+
+def check_pair(model: Blip2ForConditionalGeneration, processor: Blip2Processor, name: str) -> None:
+    """Refuse a model/processor pair that transformers would run silently wrong (or crash on deep inside).
+
+    Also forces left padding, which batched generation needs.
+    """
+    config = model.config
+    queries = config.num_query_tokens
+    if processor.num_query_tokens is None:
+        log.warning("model %r: processor has no num_query_tokens; using the model's %d", name, queries)
+        processor.num_query_tokens = queries
+    if processor.num_query_tokens != queries:
+        raise ModelLoadError(
+            f"model {name!r}: the processor inserts {processor.num_query_tokens} image tokens but the model has "
+            f"{queries} query tokens; image features would land in the wrong rows"
+        )
+    image_token = getattr(config, "image_token_id", None)
+    if image_token is None:
+        raise ModelLoadError(f"model {name!r}: its config has no image_token_index; re-save it with a current transformers")
+    vocab = model.get_input_embeddings().num_embeddings
+    if not 0 <= image_token < vocab:
+        raise ModelLoadError(f"model {name!r}: image token id {image_token} is outside the language model's vocabulary ({vocab})")
+    tokenizer = processor.tokenizer
+    processor_token = tokenizer.convert_tokens_to_ids(processor.image_token.content)
+    if processor_token != image_token:
+        raise ModelLoadError(
+            f"model {name!r}: the processor's image token id is {processor_token}, the model's is {image_token}"
+        )
+    size = processor.image_processor.size
+    expected = config.vision_config.image_size
+    if (size.get("height"), size.get("width")) != (expected, expected):
+        raise ModelLoadError(
+            f"model {name!r}: the processor resizes images to {size.get('height')}x{size.get('width')} "
+            f"but the vision encoder expects {expected}x{expected}"
+        )
+    tokenizer.padding_side = "left"
+
+
+def _version(preset: ModelPreset, model: Blip2ForConditionalGeneration) -> str:
+    """A short version string: the hub commit, or a digest of the local weights."""
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return f"{preset.name}@{commit[:10]}"
+    return f"{preset.name}@{_digest(Path(preset.source))}"
+
+
+def _digest(folder: Path) -> str:
+    """Digest of a folder's weights and configs (whole files when small, else sizes and first MiB)."""
+    files = sorted(f for pattern in ("*.safetensors", "*.bin", "*config.json") for f in folder.glob(pattern) if f.is_file())
+    digest = hashlib.sha256()
+    hash_all = sum(f.stat().st_size for f in files) < _HASH_ALL_BELOW
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read() if hash_all else json.dumps(file.stat().st_size).encode() + handle.read(1 << 20))
+    return digest.hexdigest()[:10]
+
+
+def attach_adapter(loaded: LoadedModel, adapter: str) -> None:
+    """Load a PEFT (LoRA) adapter folder onto the model and make its digest the model version."""
+    folder = Path(adapter).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelLoadError(f"adapter {adapter!r}: not a PEFT adapter folder (no adapter_config.json)")
+    try:
+        loaded.model.load_adapter(str(folder), adapter_name=folder.name)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"adapter {adapter!r} does not fit model {loaded.preset.name!r}: {exc}") from None
+    loaded.model.eval()
+    loaded.version = f"{loaded.preset.name}+{folder.name}@{_digest(folder)}"

@@ -1,0 +1,48 @@
+"""Fixtures shared by every test: tiny BLIP-2 checkpoints of both LM families, built in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from blip2plugins.building import ModelSpec, build
+
+torch.set_num_threads(2)
+
+CORPUS = [
+    "a red circle and a blue square", "a green triangle", "a yellow square and a red triangle",
+    "Question: what color is the circle? Answer: red.", "Question: how many shapes? Short answer: two",
+    "Question: is there a triangle? Answer: yes", "a photo of a cat on a sofa", "the dog runs in the park",
+] * 10
+TINY = ModelSpec(image_size=32, patch_size=8, hidden=32, layers=1, heads=2, num_query_tokens=4, max_positions=128)
+
+
+def make_checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
+    """Save a tiny, randomly weighted BLIP-2 of ``family`` (with processor) into ``folder``."""
+    model, processor = build(CORPUS, family, TINY, seed=seed)  # type: ignore[arg-type]
+    with torch.no_grad():  # large random weights: outputs that depend strongly on image and prompt
+        for param in model.parameters():
+            param.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_opt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny OPT-family BLIP-2 checkpoint (retrieval-ready Q-Former)."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny-opt"), "opt")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny T5-family BLIP-2 checkpoint (retrieval-ready Q-Former)."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny-t5"), "t5")
+
+
+@pytest.fixture(scope="session", params=["opt", "t5"])
+def tiny_checkpoint(request: pytest.FixtureRequest) -> Path:
+    """Each tiny checkpoint in turn."""
+    return request.getfixturevalue(f"tiny_{request.param}")

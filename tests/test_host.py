@@ -1,0 +1,193 @@
+"""The host against plain transformers: same tokens at every batch size, both LM families."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+from blip2plugins.errors import Blip2Error, ImageError, ModelLoadError, OptionError
+from blip2plugins.host import Host
+
+COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "gray", "cyan"]
+PROMPTS = ["", "a photo of", "Question: what is it? Answer:", "the", "a red circle and"]
+
+
+def scene(i: int) -> Image.Image:
+    image = Image.new("RGB", (40 + 7 * i, 30 + 5 * i), COLOURS[i % len(COLOURS)])
+    ImageDraw.Draw(image).ellipse((5, 5, 20 + i, 25), fill=COLOURS[(i + 3) % len(COLOURS)])
+    return image
+
+
+def reference(folder: Path, image: Image.Image, prompt: str, **kwargs: object) -> tuple[str, torch.Tensor]:
+    """One item through processor + generate, as the transformers docs show it."""
+    model = _reference_model(folder)
+    processor = Blip2Processor.from_pretrained(folder)
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, **kwargs)
+    if model.config.text_config.model_type == "opt":
+        out = out[:, inputs["input_ids"].shape[1]:]
+    return processor.tokenizer.decode(out[0], skip_special_tokens=True), out[0]
+
+
+_models: dict[Path, Blip2ForConditionalGeneration] = {}
+
+
+def _reference_model(folder: Path) -> Blip2ForConditionalGeneration:
+    if folder not in _models:
+        _models[folder] = Blip2ForConditionalGeneration.from_pretrained(folder).eval()
+    return _models[folder]
+
+
+@pytest.fixture(scope="module")
+def hosts(tiny_opt: Path, tiny_t5: Path):
+    made = {"opt": Host.load(str(tiny_opt), max_wait=0.05), "t5": Host.load(str(tiny_t5), max_wait=0.05)}
+    yield made
+    for host in made.values():
+        host.close()
+
+
+@pytest.mark.parametrize("family", ["opt", "t5"])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_caption_batches_match_transformers_one_by_one(hosts, tiny_opt, tiny_t5, family, batch):
+    host, folder = hosts[family], {"opt": tiny_opt, "t5": tiny_t5}[family]
+    images = [scene(i) for i in range(batch)]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    before = host.stats()["batches"]
+    results = host.caption(images, prompt=prompts, max_new_tokens=12)
+    assert host.stats()["batches"] - before == 1, "the whole list should run as one batch"
+    for image, prompt, result in zip(images, prompts, results):
+        text, _ = reference(folder, image, prompt)
+        expected = (prompt + text).strip() if family == "opt" else text.strip()
+        assert result.text == expected
+        assert 0 < result.score <= 1
+    assert len({r.score for r in results}) == batch, "scores should differ between images"
+
+
+@pytest.mark.parametrize("family", ["opt", "t5"])
+def test_ask_batch_with_mixed_questions_matches_transformers(hosts, tiny_opt, tiny_t5, family):
+    host, folder = hosts[family], {"opt": tiny_opt, "t5": tiny_t5}[family]
+    questions = ["what color is the circle?", "how many shapes?", "is there a triangle?"] * 2
+    images = [scene(i) for i in range(len(questions))]
+    results = host.ask(images, questions, max_new_tokens=12)
+    for image, question, result in zip(images, questions, results):
+        text, _ = reference(folder, image, host.loaded.family.render_question(question))
+        assert result.text == text.strip()
+        assert result.prompt == host.loaded.family.render_question(question)
+
+
+@pytest.mark.parametrize("family", ["opt", "t5"])
+def test_chat_turns_equal_reencoding_the_image_every_turn(hosts, tiny_opt, tiny_t5, family):
+    host, folder = hosts[family], {"opt": tiny_opt, "t5": tiny_t5}[family]
+    image = scene(4)
+    conversation = host.chat(image, max_new_tokens=12)
+    encodes = host.stats()["encoded"]
+    for question in ["what is it?", "what color?", "why?"]:
+        prompt = conversation.prompt(question)
+        result = conversation.ask(question)
+        text, _ = reference(folder, image, prompt)
+        assert result.text == text.strip()
+        assert result.prompt == prompt
+    assert host.stats()["encoded"] == encodes, "chat turns must reuse the encoded image"
+    assert [q for q, _ in conversation.turns] == ["what is it?", "what color?", "why?"]
+    assert conversation.turns[0][0] in conversation.prompt("next?")
+
+
+def test_chat_history_is_trimmed_from_the_oldest_turn(hosts):
+    host = hosts["opt"]
+    conversation = host.chat(scene(1), max_new_tokens=8)
+    conversation.turns = [(f"question number {i}?", "an answer") for i in range(40)]
+    prompt = conversation.prompt("last?")
+    assert "question number 39?" in prompt and "question number 0?" not in prompt
+    length = len(host.loaded.processor.tokenizer(prompt).input_ids)
+    assert length + host.loaded.num_query_tokens + 8 <= host.loaded.max_positions
+    assert conversation.ask("last?").ok
+
+
+def test_beams_sampling_and_n_captions(hosts, tiny_opt):
+    host = hosts["opt"]
+    image = scene(2)
+    beams = host.caption(image, num_beams=3, n=3, max_new_tokens=12)
+    assert len(beams.candidates) == 3 and beams.text == beams.candidates[0][0]
+    assert beams.text == reference(tiny_opt, image, "", num_beams=3)[0].strip()
+    one = host.caption(image, do_sample=True, seed=7, temperature=0.9, max_new_tokens=12)
+    again = host.caption(image, do_sample=True, seed=7, temperature=0.9, max_new_tokens=12)
+    assert one.text == again.text, "a seed makes sampling reproducible"
+    greedy = host.caption(image, max_new_tokens=12)
+    assert greedy.text == host.caption(image, max_new_tokens=12).text
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+    ({"temperature": 0.5}, "only apply when sampling"),
+    ({"beams": 2}, "unknown generation option 'beams'"),
+    ({"n": 3}, "n=3 needs do_sample=True or num_beams >= 3"),
+    ({"num_beams": "4"}, "num_beams must be int"),
+    ({"min_new_tokens": 9, "max_new_tokens": 4}, "min_new_tokens (9) exceeds max_new_tokens (4)"),
+])
+def test_bad_generation_options_are_clear_errors(hosts, options, message):
+    with pytest.raises(OptionError) as info:
+        hosts["opt"].caption(scene(0), **options)
+    assert message in str(info.value)
+
+
+def test_one_bad_image_does_not_sink_the_batch(hosts, tmp_path):
+    host = hosts["opt"]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    results = host.caption([scene(0), str(broken), scene(1), "Question <image> x"], max_new_tokens=5)
+    assert [r.ok for r in results] == [True, False, True, False]
+    assert "broken.png" in results[1].error and "not an image" in results[1].error
+    assert results[0].text == host.caption(scene(0), max_new_tokens=5).text
+    with pytest.raises(ImageError):
+        host.caption(str(broken))
+    with pytest.raises(Blip2Error, match="image token"):
+        host.caption(scene(0), prompt="look: <image>")
+
+
+def test_many_threads_share_one_model_and_get_batched(tiny_opt):
+    images = [scene(i) for i in range(16)]
+    with Host.load(str(tiny_opt), max_wait=0.05) as host:
+        sequential = [host.caption(image, max_new_tokens=10).text for image in images]
+        before = host.stats()
+        barrier = threading.Barrier(16)
+
+        def work(image: Image.Image) -> str:
+            barrier.wait()
+            return host.caption(image, max_new_tokens=10).text
+
+        with ThreadPoolExecutor(16) as pool:
+            concurrent = list(pool.map(work, images))
+        after = host.stats()
+    assert concurrent == sequential
+    assert after["batches"] - before["batches"] < 16, "concurrent callers should share batches"
+
+
+def test_results_carry_model_version_and_timings(hosts):
+    result = hosts["opt"].caption(scene(0), max_new_tokens=4)
+    assert result.model == hosts["opt"].name
+    assert result.model_version.startswith(hosts["opt"].name + "@")
+    assert {"preprocess_s", "queue_s", "encode_s", "generate_s", "total_s"} <= set(result.timings)
+
+
+def test_mismatched_processor_is_refused_at_load(tiny_opt, tmp_path):
+    import shutil
+    folder = tmp_path / "mismatch"
+    shutil.copytree(tiny_opt, folder)
+    processor = Blip2Processor.from_pretrained(folder)
+    processor.num_query_tokens = 7
+    processor.save_pretrained(folder)
+    with pytest.raises(ModelLoadError, match="7 image tokens but the model has 4 query tokens"):
+        Host.load(str(folder))
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="unknown model 'no-such-model'"):
+        Host.load("no-such-model")
