@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ def _quantization(quantize: str | None, dtype: torch.dtype) -> Any:
     from transformers import BitsAndBytesConfig
 
     if quantize == "8bit":
+        # bitsandbytes warns on every 8-bit matmul that it casts inputs to float16: say it once, in the docs.
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
 
