@@ -1,30 +1,28 @@
 """The built-in image sources: ``data:`` URIs, ``http(s)://`` URLs and ``file://`` URLs.
 
-HTTP uses only the standard library (:mod:`urllib.request`). Loaders return bytes; the core
-(:func:`blip2plugins.images.load_image`) decides by those bytes whether they are an image.
+HTTP uses :mod:`httpx2`. Loaders return bytes; the core (:func:`blip2plugins.images.load_image`)
+decides by those bytes whether they are an image.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
-import http.client
 import re
-import ssl
-import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable
+from typing import Callable
+
+import httpx2
 
 from .errors import ImageError
 from .hookspecs import hookimpl
-from .images import _short, describe, read_limited, read_path
+from .images import _short, describe, read_path
 from .types import ImageLimits, ImageSource
 
 __all__ = ["SOURCES", "register_image_sources"]
 
-_USER_AGENT = "blip2plugins (+https://github.com/salesforce/LAVIS)"
+_USER_AGENT = "blip2plugins"
 
 
 def load_data_uri(ref: str, limits: ImageLimits) -> bytes:
@@ -45,28 +43,32 @@ def load_data_uri(ref: str, limits: ImageLimits) -> bytes:
 def load_http(url: str, limits: ImageLimits) -> bytes:
     """Download ``url`` with the connect and read timeouts and the byte cap of ``limits``."""
     description = describe(url)
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept": "image/*, */*;q=0.5"})
-    opener = urllib.request.build_opener(_HTTPHandler(limits.read_timeout), _HTTPSHandler(limits.read_timeout))
+    timeout = httpx2.Timeout(limits.read_timeout, connect=limits.connect_timeout)
+    headers = {"User-Agent": _USER_AGENT, "Accept": "image/*, */*;q=0.5"}
     try:
-        response = opener.open(request, timeout=limits.connect_timeout)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise ImageError(description, f"HTTP {exc.code}") from exc
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise ImageError(description, "timed out") from exc
-        raise ImageError(description, f"unreachable: {_short(exc.reason)}") from exc
-    except TimeoutError as exc:
+        with httpx2.Client(timeout=timeout, headers=headers, follow_redirects=True, max_redirects=5) as client:
+            with client.stream("GET", url) as response:
+                if not response.is_success:
+                    raise ImageError(description, f"HTTP {response.status_code}")
+                length = response.headers.get("Content-Length", "")
+                if length.strip().isdigit() and int(length) > limits.max_bytes:
+                    raise ImageError(description, f"too large ({int(length)} bytes > limit {limits.max_bytes})")
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > limits.max_bytes:
+                        raise ImageError(description, f"too large (over the limit of {limits.max_bytes} bytes)")
+                return b"".join(chunks)
+    except httpx2.TimeoutException as exc:
         raise ImageError(description, "timed out") from exc
-    except (OSError, http.client.HTTPException) as exc:
-        raise ImageError(description, f"unreachable: {_short(exc)}") from exc
-    except ValueError as exc:
+    except httpx2.TooManyRedirects as exc:
+        raise ImageError(description, "too many redirects") from exc
+    except httpx2.InvalidURL as exc:
         raise ImageError(description, f"invalid URL: {exc}") from exc
-    with response:
-        length = response.headers.get("Content-Length", "")
-        if length.strip().isdigit() and int(length) > limits.max_bytes:
-            raise ImageError(description, f"too large ({int(length)} bytes > limit {limits.max_bytes})")
-        return read_limited(response, limits.max_bytes, description)
+    except httpx2.HTTPError as exc:
+        raise ImageError(description, f"unreachable: {_short(exc)}") from exc
 
 
 def load_file_url(url: str, limits: ImageLimits) -> bytes:
@@ -78,57 +80,13 @@ def load_file_url(url: str, limits: ImageLimits) -> bytes:
     return read_path(urllib.request.url2pathname(parts.path), limits.max_bytes, description)
 
 
-class _ReadTimeoutMixin:
-    """An HTTP(S) connection that connects under one timeout, then reads under another."""
-
-    sock: Any
-
-    def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.read_timeout = read_timeout
-
-    def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
-        self.sock.settimeout(self.read_timeout)
-
-
-class _HTTPConnection(_ReadTimeoutMixin, http.client.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_ReadTimeoutMixin, http.client.HTTPSConnection):
-    pass
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, read_timeout: float) -> None:
-        super().__init__()
-        self._connection: Callable[..., http.client.HTTPConnection] = functools.partial(
-            _HTTPConnection, read_timeout=read_timeout
-        )
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self._connection, req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, read_timeout: float) -> None:
-        self._ssl_context = ssl.create_default_context()
-        super().__init__(context=self._ssl_context)
-        self._connection: Callable[..., http.client.HTTPSConnection] = functools.partial(
-            _HTTPSConnection, read_timeout=read_timeout
-        )
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self._connection, req, context=self._ssl_context)
-
-
 SOURCES: list[ImageSource] = [
     ImageSource("data", load_data_uri, scheme="data"),
     ImageSource("http", load_http, scheme="http"),
     ImageSource("https", load_http, scheme="https"),
     ImageSource("file", load_file_url, scheme="file"),
 ]
+
 
 @hookimpl
 def register_image_sources(register: Callable[[ImageSource], None]) -> None:

@@ -343,6 +343,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", "/red.png")
             self.end_headers()
+        elif path == "/redirect-missing":
+            self.send_response(302)
+            self.send_header("Location", "/missing.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path.startswith("/hops/"):  # /hops/N redirects N times before reaching /red.png
+            hops = int(path.rsplit("/", 1)[1])
+            self.send_response(301)
+            self.send_header("Location", f"/hops/{hops - 1}" if hops > 1 else "/red.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif path == "/page":
             self._send(200, b"<!doctype html><html><head><title>Cat</title></head></html>", "text/html")
         elif path == "/huge":
@@ -401,6 +412,15 @@ def no_proxy(monkeypatch):
 def test_http_image(server, path):
     image = load(server + path + "?token=abc")
     assert (image.size, image.getpixel((0, 0))) == ((8, 6), RED)
+
+
+def test_http_follows_at_most_five_redirects(server):
+    assert load(server + "/hops/5").getpixel((0, 0)) == RED
+    assert refused(server + "/hops/6", "too many redirects").reason == "too many redirects"
+
+
+def test_http_redirect_to_a_missing_page(server):
+    refused(server + "/redirect-missing", "HTTP 404")
 
 
 def test_http_404(server):
