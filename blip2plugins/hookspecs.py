@@ -2,7 +2,10 @@
 
 Plugins implement hooks with ``@blip2plugins.hookimpl``. Each ``register_*`` hook receives a
 ``register`` callback and calls it once per thing it adds; its return value is ignored. These hooks
-are called once, when the plugin manager first loads (``blip2plugins.plugins.get_plugin_manager``).
+are called the first time their registry is needed, and again only after plugins are registered,
+unregistered or reloaded (``blip2plugins.plugins``). Implementations run in pluggy's order: the plugin
+registered last runs first (``tryfirst`` / ``trylast`` adjust it), so external plugins run before the
+built-in default plugins.
 An implementation whose name matches no spec below is refused with a ``PluginError``.
 The section for each hook in ``docs/plugins.md`` is the user-facing documentation.
 """
@@ -36,8 +39,8 @@ def register_models(register: Callable[[ModelPreset], None]) -> None:
 def register_image_sources(register: Callable[[ImageSource], None]) -> None:
     """Add image sources: call ``register(ImageSource(...))`` for each.
 
-    When a string names an image, the sources are asked in registration order with plugins before
-    the built-in ones, and the first whose ``claims(ref)`` is true loads it. Strings that no source
+    When a string names an image, the sources are asked in hook call order (external plugins
+    before the built-in ones), and the first whose ``claims(ref)`` is true loads it. Strings that no source
     claims are local paths.
     """
 
@@ -63,7 +66,7 @@ def process_result(task: str, result: Result) -> Result | None:
     ``dataclasses.replace(result, text=...)``) or ``None`` to leave it unchanged. Unlike a plain
     pluggy hook the implementations are chained: each receives the result the previous one
     returned, in pluggy's call order (last registered first; ``tryfirst`` / ``trylast`` apply).
-    Failed items (``result.error`` set) are not passed to this hook.
+    Hook wrappers are not supported here. Failed items (``result.error`` set) are not passed on.
     """
 
 

@@ -44,9 +44,10 @@ class PluginInfo:
     builtin: bool
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
 _versions: dict[str, str | None] = {}
+_collected: dict[str, list[Any]] = {}  # what each register_* hook gave, until the plugins change
 
 
 def _names(variable: str) -> set[str] | None:
@@ -86,7 +87,11 @@ def _build() -> pluggy.PluginManager:
     allowed = _names(ENV_ALLOW)
     for module_name in DEFAULT_PLUGINS:
         if module_name not in blocked:
-            _register(pm, importlib.import_module(module_name), module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise PluginError(f"built-in plugin {module_name!r} failed to import: {exc!r}") from exc
+            _register(pm, module, module_name)
             _versions[module_name] = None
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         name = entry_point.name
@@ -110,6 +115,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     with _lock:
         if _manager is None:
             _versions.clear()
+            _collected.clear()
             _manager = _build()
         return _manager
 
@@ -127,6 +133,7 @@ def register_plugin(plugin: ModuleType | object, name: str) -> None:
     with _lock:
         _register(pm, plugin, name)
         _versions[name] = None
+        _collected.clear()
 
 
 def unregister_plugin(name: str) -> None:
@@ -135,12 +142,17 @@ def unregister_plugin(name: str) -> None:
     with _lock:
         pm.unregister(name=name)
         _versions.pop(name, None)
+        _collected.clear()
 
 
 def _collect(hook_name: str) -> list[Any]:
-    items: list[Any] = []
-    getattr(get_plugin_manager().hook, hook_name)(register=items.append)
-    return items
+    """What a ``register_*`` hook registers, in call order; called once until the plugins change."""
+    with _lock:
+        if hook_name not in _collected:
+            items: list[Any] = []
+            getattr(get_plugin_manager().hook, hook_name)(register=items.append)
+            _collected[hook_name] = items
+        return list(_collected[hook_name])
 
 
 def model_presets() -> dict[str, ModelPreset]:
@@ -164,12 +176,16 @@ def serving_adapters() -> dict[str, ServingAdapter]:
 
 
 def process_result(task: str, result: Result) -> Result:
-    """Pass a successful result through every ``process_result`` implementation, chained."""
+    """Pass a successful result through every ``process_result`` implementation, chained.
+
+    Implementations are called as plain functions: hook wrappers are not supported for this hook.
+    """
     if not result.ok:
         return result
     caller = get_plugin_manager().hook.process_result
     for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
-        new = impl.function(task=task, result=result)
+        arguments = {"task": task, "result": result}
+        new = impl.function(**{name: arguments[name] for name in impl.argnames})
         if new is not None:
             result = new
     return result

@@ -1,0 +1,83 @@
+"""The ``blip2`` command. Every subcommand comes from a plugin's ``register_commands`` hook."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import NoReturn
+
+import click
+
+from .errors import Blip2Error
+from .plugins import get_plugin_manager, serving_adapters
+
+
+class ServeGroup(click.Group):
+    """``blip2 serve``: one subcommand per registered serving adapter, looked up when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(serving_adapters())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        adapter = serving_adapters().get(cmd_name)
+        return adapter.command if adapter else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        adapters = sorted(serving_adapters().items())
+        limit = formatter.width - 6 - max((len(name) for name, _ in adapters), default=0)
+        rows = [(name, a.description or a.command.get_short_help_str(limit)) for name, a in adapters]
+        with formatter.section("Adapters"):
+            formatter.write_dl(rows or [("(none)", "no plugin registers a serving adapter")])
+
+
+def build_cli() -> click.Group:
+    """The ``blip2`` group with the ``serve`` group and every plugin's commands; raises ``PluginError``."""
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    @click.version_option(package_name="blip2plugins", prog_name="blip2")
+    def cli() -> None:
+        """Caption images, answer questions about them and chat with BLIP-2.
+
+        Commands come from plugins: `blip2 plugins` lists the loaded ones.
+        """
+
+    @cli.group(cls=ServeGroup)
+    def serve() -> None:
+        """Serve the model to other programs (one subcommand per serving adapter)."""
+
+    get_plugin_manager().hook.register_commands(cli=cli)
+    return cli
+
+
+class _OneLine(logging.Formatter):
+    """Log records as ``blip2: level: message`` lines; the item that failed reports why, not a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__("blip2: %(levelname)s: %(message)s")
+
+    def formatException(self, ei: object) -> str:  # noqa: N802 (logging's name)
+        return ""
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"blip2: error: {' '.join(message.split())}", err=True)
+    sys.exit(2)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``blip2`` console script."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLine())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    try:
+        cli = build_cli()
+    except Blip2Error as exc:
+        _fail(str(exc))
+    try:
+        cli.main(args=args, prog_name="blip2")
+    except Blip2Error as exc:  # a command let one through: still one line, never a traceback
+        _fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Default plugin: the ``caption``, ``ask``, ``chat``, ``models`` and ``plugins`` commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+import sys
+from collections import deque
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Callable
+
+import click
+from tqdm import tqdm
+
+from .errors import Blip2Error, ImageError, OptionError
+from .generation import GenerationOptions
+from .hookspecs import hookimpl
+from .images import describe
+from .plugins import model_presets, plugin_info
+from .types import Result
+
+if TYPE_CHECKING:
+    from .host import Host
+
+DEMO_MODEL = "demo"
+PROGRESS_THRESHOLD = 8
+WINDOW = 64  # images in flight: the host batches them, and memory stays bounded for long lists
+#: Generation option of the host -> its command-line flag.
+GENERATION_FLAGS = {
+    "max_new_tokens": "--max-new-tokens",
+    "min_new_tokens": "--min-new-tokens",
+    "num_beams": "--beams",
+    "do_sample": "--sample",
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "top_k": "--top-k",
+    "repetition_penalty": "--repetition-penalty",
+    "no_repeat_ngram_size": "--no-repeat-ngram-size",
+    "seed": "--seed",
+}
+_FLAGS = {**GENERATION_FLAGS, "n": "--num-captions"}
+_OUTPUT_HELP = """
+
+Output: one line per result on stdout, in input order. With one image the line is the text
+alone; with several it is IMAGE, a tab and the text (`cut -f2` keeps the text). --json prints
+one JSON object per line instead. An image that fails prints `blip2: IMAGE: reason` on stderr,
+the others are still processed, and the exit status is 1.
+"""
+
+
+def _options(*decorators: Callable[[Callable[..., Any]], Any]) -> Callable[[Callable[..., Any]], Any]:
+    def apply(function: Callable[..., Any]) -> Any:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+    return apply
+
+
+model_options = _options(
+    click.option("--model", envvar="BLIP2_MODEL", show_envvar=True, metavar="NAME|PATH",
+                 help="Model preset (see `blip2 models`), checkpoint folder or hub id.  [default: demo]"),
+    click.option("--adapter", metavar="NAME|PATH", help="Fine-tuned adapter to apply to the model."),
+    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps or auto."),
+    click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+                 show_default=True, help="Weight dtype."),
+    click.option("--quantize", type=click.Choice(["8bit", "4bit"]), help="Quantize the language model (bitsandbytes)."),
+)
+generation_options = _options(
+    click.option("--max-new-tokens", type=int, help="Most tokens to generate."),
+    click.option("--min-new-tokens", type=int, help="Fewest tokens to generate."),
+    click.option("--beams", "num_beams", type=int, help="Beam-search width."),
+    click.option("--sample/--no-sample", "do_sample", default=None, help="Sample instead of searching."),
+    click.option("--temperature", type=float, help="Sampling temperature."),
+    click.option("--top-p", type=float, help="Nucleus-sampling probability mass."),
+    click.option("--top-k", type=int, help="Sample among the k likeliest tokens."),
+    click.option("--repetition-penalty", type=float, help="Penalty for repeated tokens (1 = none)."),
+    click.option("--no-repeat-ngram-size", type=int, help="Never repeat an n-gram of this size."),
+    click.option("--seed", type=int, help="Random seed, for reproducible sampling."),
+)
+output_options = _options(
+    click.option("--json", "as_json", is_flag=True, help="Print JSON lines."),
+    click.option("--progress/--no-progress", default=None,
+                 help=f"Progress bar on stderr.  [default: when more than {PROGRESS_THRESHOLD} images and stderr "
+                      "is a terminal]"),
+)
+
+
+def _generation(params: dict[str, Any]) -> dict[str, Any]:
+    """The generation options the user gave (the others keep the model preset's defaults)."""
+    given = {name: params.pop(name) for name in GENERATION_FLAGS}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _check_options(model: str, options: dict[str, Any]) -> None:
+    """Validate generation options (over the preset's defaults) before the slow model load."""
+    preset = model_presets().get(model)
+    try:
+        GenerationOptions.from_kwargs(options, preset.defaults if preset else None)
+    except OptionError as exc:
+        raise _option_error(exc) from None
+
+
+def _option_error(exc: OptionError) -> click.UsageError:
+    """An ``OptionError`` as a usage error in command-line terms, naming the first flag it mentions."""
+    message = str(exc).replace("do_sample=True", "--sample")
+    mentioned = sorted((match.start(), flag) for name, flag in _FLAGS.items()
+                       if (match := re.search(rf"\b{name}\b", message)))
+    for name, flag in _FLAGS.items():
+        message = re.sub(rf"\b{name}\b", flag, message)
+    if not mentioned:
+        return click.UsageError(message)
+    flag = mentioned[0][1]
+    return click.BadParameter(message.replace(f"{flag} must ", "must ", 1), param_hint=f"'{flag}'")
+
+
+def _load_host(model: str, adapter: str | None, device: str, dtype: str, quantize: str | None) -> Host:
+    from transformers.utils import logging as transformers_logging
+
+    from .host import Host  # torch and transformers load only for the commands that need them
+
+    if not sys.stderr.isatty():  # keep logs free of transformers' "Loading weights" bars
+        transformers_logging.disable_progress_bar()
+    return Host.load(model, device=device, dtype=dtype, quantize=quantize, adapter=adapter)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _run(images: tuple[str, ...], submit: Callable[[str], Future[Result]], lines: Callable[[str, Result], list[str]],
+         progress: bool | None) -> bool:
+    """Submit the images (at most ``WINDOW`` in flight) and print each result in input order.
+
+    Returns True when every image succeeded.
+    """
+    show = progress if progress is not None else len(images) > PROGRESS_THRESHOLD and sys.stderr.isatty()
+    ok = True
+    with tqdm(total=len(images), unit="image", file=sys.stderr, disable=not show, leave=False) as bar:
+
+        def emit(image: str, future: Future[Result]) -> None:
+            nonlocal ok
+            result = future.result()
+            bar.update()
+            if result.ok:
+                for line in lines(image, result):
+                    tqdm.write(line, file=sys.stdout)
+                return
+            ok = False
+            label = describe(image)  # the host's errors start with it; print the reason once
+            reason = (result.error or "").removeprefix(f"{label}: ")
+            tqdm.write(f"blip2: {label}: {reason}", file=sys.stderr)
+
+        pending: deque[tuple[str, Future[Result]]] = deque()
+        for image in images:
+            pending.append((image, submit(image)))
+            while pending and (pending[0][1].done() or len(pending) >= WINDOW):
+                emit(*pending.popleft())
+        while pending:
+            emit(*pending.popleft())
+    return ok
+
+
+def _texts(result: Result) -> list[str]:
+    assert result.text is not None
+    return [text for text, _ in result.candidates] or [result.text]
+
+
+def _plain(images: tuple[str, ...]) -> Callable[[str, Result], list[str]]:
+    if len(images) == 1:
+        return lambda image, result: [_one_line(text) for text in _texts(result)]
+    return lambda image, result: [f"{image}\t{_one_line(text)}" for text in _texts(result)]
+
+
+def _record(image: str, result: Result, **fields: Any) -> str:
+    record = {"image": image, **fields, "score": result.score, "model": result.model,
+              "model_version": result.model_version}
+    if len(result.candidates) > 1:
+        record["candidates"] = [{"text": text, "score": score} for text, score in result.candidates]
+    return json.dumps(record, ensure_ascii=False)
+
+
+def _host_command(function: Callable[..., bool]) -> Callable[..., None]:
+    """Load the host from the shared options, run the command, close the host; exit 1 on failures."""
+
+    @model_options
+    @generation_options
+    @functools.wraps(function)
+    def command(model: str | None, adapter: str | None, device: str, dtype: str, quantize: str | None,
+                **params: Any) -> None:
+        gen = _generation(params)
+        if not model:
+            model = DEMO_MODEL
+            click.echo("blip2: note: using the bundled demo model, which only knows synthetic shapes; pick another "
+                       "with --model NAME or BLIP2_MODEL (`blip2 models` lists them)", err=True)
+        _check_options(model, {**gen, "n": params.get("n", 1)})
+        host = _load_host(model, adapter, device, dtype, quantize)
+        try:
+            ok = function(host, gen, **params)
+        finally:
+            host.close()
+        if not ok:
+            sys.exit(1)
+
+    return command
+
+
+@click.command(epilog=_OUTPUT_HELP)
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("--prompt", help="Text the captions start with (the model continues it).")
+@click.option("-n", "--num-captions", "n", type=int, default=1, show_default=True, help="Captions per image.")
+@output_options
+@_host_command
+def caption(host: Host, gen: dict[str, Any], images: tuple[str, ...], prompt: str | None, n: int, as_json: bool,
+            progress: bool | None) -> bool:
+    """Caption each IMAGE (a path, or a reference an image source plugin knows, e.g. a URL).
+
+    With -n N each image gets N lines (or JSON "candidates"), best first.
+    """
+    def record(image: str, result: Result) -> list[str]:
+        return [_record(image, result, caption=result.text)]
+
+    submit = functools.partial(host.submit_caption, prompt=prompt, n=n, **gen)
+    return _run(images, submit, record if as_json else _plain(images), progress)
+
+
+@click.command(epilog=_OUTPUT_HELP)
+@click.argument("question")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@output_options
+@_host_command
+def ask(host: Host, gen: dict[str, Any], question: str, images: tuple[str, ...], as_json: bool,
+        progress: bool | None) -> bool:
+    """Answer QUESTION about each IMAGE, like grep: the question first, then the files."""
+    def record(image: str, result: Result) -> list[str]:
+        return [_record(image, result, question=question, answer=result.text)]
+
+    def submit(image: str) -> Future[Result]:
+        return host.submit_ask(image, question, **gen)
+
+    return _run(images, submit, record if as_json else _plain(images), progress)
+
+
+@click.command()
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True, help="Print each answer as a JSON line.")
+@_host_command
+def chat(host: Host, gen: dict[str, Any], image: str, as_json: bool) -> bool:
+    """Chat about IMAGE: read one question per line on stdin and print each answer on stdout.
+
+    Earlier turns are part of the context of each question. An empty line or end of input ends
+    the chat. A question that fails prints `blip2: reason` on stderr, the chat goes on, and the
+    exit status is 1. Works interactively and with piped input: `printf 'what?\\nwhere?\\n' | blip2 chat x.png`.
+    """
+    try:
+        conversation = host.chat(image, **gen)
+    except ImageError as exc:
+        click.echo(f"blip2: {exc}", err=True)
+        return False
+    interactive = sys.stdin.isatty()
+    ok = True
+    while True:
+        if interactive:
+            click.echo("> ", nl=False, err=True)
+        question = sys.stdin.readline().strip()
+        if not question:
+            return ok
+        try:
+            result = conversation.ask(question)
+        except Blip2Error as exc:  # this question failed (e.g. too long); the chat goes on
+            click.echo(f"blip2: {exc}", err=True)
+            ok = False
+            continue
+        if as_json:
+            click.echo(_record(image, result, question=question, answer=result.text))
+        else:
+            click.echo(_one_line(result.text or ""))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def models(as_json: bool) -> None:
+    """List the model presets: name, language-model family, source and description."""
+    presets = list({id(preset): preset for preset in model_presets().values()}.values())
+    presets.sort(key=lambda preset: preset.name)
+    if as_json:
+        click.echo(json.dumps([
+            {"name": p.name, "aliases": list(p.aliases), "source": p.source, "family": p.family,
+             "description": p.description, "defaults": dict(p.defaults)}
+            for p in presets
+        ], indent=2))
+        return
+    _table(["NAME", "FAMILY", "SOURCE", "DESCRIPTION"], [
+        [p.name, p.family or "auto", p.source,
+         p.description + (f" (aliases: {', '.join(p.aliases)})" if p.aliases else "")]
+        for p in presets
+    ])
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def plugins(as_json: bool) -> None:
+    """List the loaded plugins: name, version, built-in or not, and the hooks each implements."""
+    infos = plugin_info()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(info) for info in infos], indent=2))
+        return
+    _table(["NAME", "VERSION", "KIND", "HOOKS"], [
+        [i.name, i.version or "-", "builtin" if i.builtin else "external", ", ".join(i.hooks)] for i in infos
+    ])
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header) - 1)]
+    for row in [header, *rows]:
+        click.echo("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]))
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    for command in (caption, ask, chat, models, plugins):
+        cli.add_command(command)

@@ -1,0 +1,179 @@
+"""The ``blip2`` command in a subprocess, as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from blip2plugins.demo import MODEL_DIR, world
+
+from test_plugins import write_distribution
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTION_KEYS = {"image", "caption", "score", "model", "model_version"}
+ASK_KEYS = {"image", "question", "answer", "score", "model", "model_version"}
+DEMO_TRAINED = (MODEL_DIR / "config.json").is_file()
+
+
+def blip2(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``blip2 ARGS`` with no model, plugin or CUDA choice inherited from the environment."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("BLIP2_MODEL", "BLIP2_PLUGINS", "BLIP2_BLOCK_PLUGINS")}
+    return subprocess.run([sys.executable, "-m", "blip2plugins.cli", *args], input=stdin, capture_output=True,
+                          text=True, cwd=ROOT, env={**clean, "CUDA_VISIBLE_DEVICES": "", **env}, timeout=300)
+
+
+def lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("images")
+    Image.new("RGB", (48, 40), (220, 30, 30)).save(folder / "red.png")
+    Image.new("RGB", (40, 48), (30, 30, 220)).save(folder / "blue.jpg")
+    (folder / "notes.png").write_text("not an image")
+    return {"red": str(folder / "red.png"), "blue": str(folder / "blue.jpg"), "bad": str(folder / "notes.png"),
+            "missing": str(folder / "missing.png")}
+
+
+def test_help_lists_the_plugin_commands() -> None:
+    result = blip2("--help")
+    assert result.returncode == 0
+    for command in ("caption", "ask", "chat", "models", "plugins", "serve"):
+        assert f"  {command} " in result.stdout
+
+
+def test_caption_json_lines_in_input_order(tiny_opt: Path, images: dict[str, str]) -> None:
+    result = blip2("caption", "--model", str(tiny_opt), "--json", "--max-new-tokens", "4",
+                   images["red"], images["blue"])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    records = [json.loads(line) for line in lines(result.stdout)]
+    assert [r["image"] for r in records] == [images["red"], images["blue"]]
+    for record in records:
+        assert set(record) == CAPTION_KEYS
+        assert 0 < record["score"] <= 1
+        assert record["model"] == tiny_opt.name and record["model_version"].startswith(f"{tiny_opt.name}@")
+
+
+def test_caption_n_prints_one_line_per_candidate_with_progress(tiny_opt: Path, images: dict[str, str]) -> None:
+    result = blip2("caption", "--model", str(tiny_opt), "-n", "2", "--beams", "2", "--max-new-tokens", "3",
+                   "--progress", images["red"], images["blue"])
+    assert result.returncode == 0, result.stderr
+    assert [line.split("\t")[0] for line in lines(result.stdout)] == [images["red"]] * 2 + [images["blue"]] * 2
+    assert "0/2" in result.stderr  # the tqdm bar, on stderr only
+
+
+def test_ask_json_lines(tiny_opt: Path, images: dict[str, str]) -> None:
+    result = blip2("ask", "what color is the circle?", images["blue"], images["red"], "--model", str(tiny_opt),
+                   "--json", "--max-new-tokens", "3")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in lines(result.stdout)]
+    assert [r["image"] for r in records] == [images["blue"], images["red"]]
+    assert all(set(r) == ASK_KEYS and r["question"] == "what color is the circle?" for r in records)
+
+
+def test_bad_images_are_reported_and_the_others_processed(tiny_opt: Path, images: dict[str, str]) -> None:
+    result = blip2("ask", "how many shapes?", images["red"], images["bad"], images["missing"], images["blue"],
+                   "--model", str(tiny_opt), "--max-new-tokens", "3")
+    assert result.returncode == 1
+    assert [line.split("\t")[0] for line in lines(result.stdout)] == [images["red"], images["blue"]]
+    errors = lines(result.stderr)
+    assert len(errors) == 2, result.stderr
+    assert errors[0].startswith(f"blip2: {images['bad']}: not an image")
+    assert errors[1] == f"blip2: {images['missing']}: file not found"
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--temperature", "0", "--sample"], "--temperature"),
+    (["--min-new-tokens", "9", "--max-new-tokens", "3"], "--min-new-tokens"),
+    (["-n", "3"], "--num-captions"),
+    (["--beams", "lots"], "--beams"),
+])
+def test_bad_option_is_a_usage_error(images: dict[str, str], args: list[str], flag: str) -> None:
+    result = blip2("caption", images["red"], "--model", "demo", *args)
+    assert result.returncode == 2
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    errors = [line for line in lines(result.stderr) if line.startswith("Error:")]
+    assert len(errors) == 1 and f"'{flag}'" in errors[0], result.stderr
+
+
+def test_startup_plugin_error_is_one_line(tmp_path: Path) -> None:
+    write_distribution(tmp_path, "typo-dist", "typo", "from blip2plugins.hookspecs import hookimpl\n\n"
+                       "@hookimpl\ndef register_model(register):\n    pass\n")
+    result = blip2("models", PYTHONPATH=str(tmp_path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert lines(result.stderr) == [result.stderr.strip()]
+    assert result.stderr.startswith("blip2: error: plugin 'typo' is refused: it implements register_model")
+
+
+def test_unknown_model_is_one_line(images: dict[str, str]) -> None:
+    result = blip2("caption", images["red"], "--model", "no-such-model")
+    assert result.returncode == 2
+    assert lines(result.stderr) == [result.stderr.strip()]
+    assert result.stderr.startswith("blip2: error: unknown model 'no-such-model'")
+
+
+def test_demo_notice_only_without_a_model_choice(tiny_opt: Path, images: dict[str, str]) -> None:
+    chosen = blip2("caption", images["red"], "--max-new-tokens", "2", BLIP2_MODEL=str(tiny_opt))
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stderr == ""
+    default = blip2("caption", images["red"], "--temperature", "2")  # a usage error: no model is loaded
+    notes = [line for line in lines(default.stderr) if "demo model" in line]
+    assert notes == [lines(default.stderr)[0]]
+    assert "--model" in notes[0] and "BLIP2_MODEL" in notes[0]
+
+
+@pytest.mark.skipif(not DEMO_TRAINED, reason="the demo model is not trained yet: blip2 demo train")
+def test_demo_model_is_the_default(tmp_path: Path) -> None:
+    scene = tmp_path / "scene.png"
+    world.render(world.make_scene({"circle": "red", "square": "blue"})).save(scene)
+    result = blip2("caption", str(scene), "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(lines(result.stderr)) == 1 and "demo model" in result.stderr
+    record = json.loads(result.stdout)
+    assert record["model"] == "demo" and record["model_version"].startswith("demo@")
+    assert record["caption"] in world.all_texts()[0]  # it speaks the language of its world
+
+
+def test_chat_reads_questions_from_piped_stdin(tiny_opt: Path, images: dict[str, str]) -> None:
+    questions = "what color is the circle?\nhow many shapes?\n\nnever asked\n"
+    result = blip2("chat", images["red"], "--model", str(tiny_opt), "--json", "--max-new-tokens", "3", stdin=questions)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in lines(result.stdout)]
+    assert [r["question"] for r in records] == ["what color is the circle?", "how many shapes?"]
+    assert all(set(r) == ASK_KEYS and r["image"] == images["red"] for r in records)
+
+
+def test_chat_on_a_bad_image(tiny_opt: Path, images: dict[str, str]) -> None:
+    result = blip2("chat", images["missing"], "--model", str(tiny_opt), stdin="what?\n")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert lines(result.stderr) == [f"blip2: {images['missing']}: file not found"]
+
+
+def test_models_lists_presets() -> None:
+    listed = blip2("models", "--json")
+    assert listed.returncode == 0
+    presets = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert presets["demo"]["source"] == str(MODEL_DIR) and presets["demo"]["family"] == "opt"
+    assert presets["blip2-flan-t5-xl"]["family"] == "t5"
+    assert all(set(p) == {"name", "aliases", "source", "family", "description", "defaults"} for p in presets.values())
+    table = lines(blip2("models").stdout)
+    assert table[0].split() == ["NAME", "FAMILY", "SOURCE", "DESCRIPTION"]
+    assert any(line.split()[:3] == ["blip2-opt-2.7b", "opt", "Salesforce/blip2-opt-2.7b"] for line in table)
+
+
+def test_plugins_json_lists_the_default_plugins() -> None:
+    listed = blip2("plugins", "--json")
+    assert listed.returncode == 0
+    infos = {info["name"]: info for info in json.loads(listed.stdout)}
+    assert infos["blip2plugins.commands"] == {"name": "blip2plugins.commands", "version": None,
+                                             "hooks": ["register_commands"], "builtin": True}
+    assert infos["blip2plugins.presets"]["hooks"] == ["register_models"]

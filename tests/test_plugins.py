@@ -1,0 +1,311 @@
+"""The plugin system for real: loading, allow/block lists, refusals, and every hook's semantics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Iterator
+
+import click
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from blip2plugins import plugins
+from blip2plugins.cli import build_cli
+from blip2plugins.errors import PluginError
+from blip2plugins.hookspecs import hookimpl
+from blip2plugins.images import load_image
+from blip2plugins.types import AdapterVersion, ImageSource, ModelPreset, Result, ServingAdapter
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "blip2-example-plugin"
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts from a freshly built plugin manager and leaves none behind."""
+    monkeypatch.delenv(plugins.ENV_ALLOW, raising=False)
+    monkeypatch.delenv(plugins.ENV_BLOCK, raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def write_distribution(folder: Path, dist: str, entry_point: str, source: str, version: str = "1.2.3") -> str:
+    """Write an installed-looking distribution (module + dist-info with an entry point) into ``folder``."""
+    module = f"blip2_test_{dist.replace('-', '_')}"
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    info = folder / f"{dist}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[blip2plugins]\n{entry_point} = {module}\n")
+    return module
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
+    """``site(dist, entry_point, source)``: a distribution on ``sys.path``, found through entry points."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules: list[str] = []
+
+    def add(dist: str, entry_point: str, source: str, version: str = "1.2.3") -> str:
+        modules.append(write_distribution(tmp_path, dist, entry_point, source, version))
+        return modules[-1]
+
+    yield add
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+PRESET_PLUGIN = """
+    from blip2plugins.hookspecs import hookimpl
+    from blip2plugins.types import ModelPreset
+
+    @hookimpl
+    def register_models(register):
+        register(ModelPreset(name="from-entry-point", source="org/model"))
+"""
+
+
+def plugin(**hooks: Callable[..., object]) -> SimpleNamespace:
+    """An in-process plugin object whose attributes are the given hook implementations."""
+    return SimpleNamespace(**{name: hookimpl(function) for name, function in hooks.items()})
+
+
+def names() -> set[str]:
+    return {info.name for info in plugins.plugin_info()}
+
+
+def test_default_plugins_load() -> None:
+    infos = {info.name: info for info in plugins.plugin_info()}
+    assert set(plugins.DEFAULT_PLUGINS) <= set(infos)
+    assert all(infos[name].builtin and infos[name].version is None for name in plugins.DEFAULT_PLUGINS)
+    assert "register_models" in infos["blip2plugins.presets"].hooks
+    assert "register_commands" in infos["blip2plugins.commands"].hooks
+    assert plugins.model_presets()["demo"].family == "opt"
+
+
+def test_external_plugin_is_found_through_its_entry_point(site: Callable[..., str]) -> None:
+    site("preset-dist", "presets-ext", PRESET_PLUGIN, version="2.5")
+    info = {i.name: i for i in plugins.plugin_info()}["presets-ext"]
+    assert (info.version, info.builtin, info.hooks) == ("2.5", False, ("register_models",))
+    assert plugins.model_presets()["from-entry-point"].source == "org/model"
+
+
+@pytest.mark.parametrize(("allow", "loaded"), [("presets-ext", True), ("other, presets-ext ", True),
+                                                ("other", False), ("", False)])
+def test_allow_list_loads_only_named_entry_points(site: Callable[..., str], monkeypatch: pytest.MonkeyPatch,
+                                                  allow: str, loaded: bool) -> None:
+    site("preset-dist", "presets-ext", PRESET_PLUGIN)
+    monkeypatch.setenv("BLIP2_PLUGINS", allow)
+    assert ("presets-ext" in names()) is loaded
+    assert ("from-entry-point" in plugins.model_presets()) is loaded
+    assert set(plugins.DEFAULT_PLUGINS) <= names()  # the allow-list never drops built-ins
+
+
+def test_block_list_skips_entry_points_and_default_plugins(site: Callable[..., str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    site("preset-dist", "presets-ext", PRESET_PLUGIN)
+    monkeypatch.setenv("BLIP2_BLOCK_PLUGINS", "presets-ext,blip2plugins.presets")
+    assert "presets-ext" not in names() and "blip2plugins.presets" not in names()
+    assert plugins.model_presets() == {}
+    monkeypatch.setenv("BLIP2_PLUGINS", "presets-ext")  # blocking wins over allowing
+    plugins.reset()
+    assert "presets-ext" not in names()
+
+
+def test_broken_plugin_is_named_with_how_to_skip_it(site: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    site("broken-dist", "broken", "import no_such_module_anywhere\n")
+    with pytest.raises(PluginError, match=r"'broken'.*no_such_module_anywhere.*BLIP2_BLOCK_PLUGINS=broken"):
+        plugins.get_plugin_manager()
+    monkeypatch.setenv("BLIP2_BLOCK_PLUGINS", "broken")
+    plugins.reset()
+    assert "broken" not in names()
+
+
+def test_implementation_matching_no_hook_is_refused() -> None:
+    typo = plugin(register_model=lambda register: register(ModelPreset("never", "x")))
+    refused = r"plugin 'typo' is refused: it implements register_model, which matches no hook"
+    with pytest.raises(PluginError, match=refused):
+        plugins.register_plugin(typo, name="typo")
+    assert "typo" not in names()
+    assert "never" not in plugins.model_presets()
+
+
+def test_implementation_with_unknown_argument_is_refused() -> None:
+    bad = plugin(register_models=lambda register, registry: None)
+    with pytest.raises(PluginError, match=r"(?s)plugin 'bad' is refused.*hook 'register_models'.*registry"):
+        plugins.register_plugin(bad, name="bad")
+    assert "bad" not in names()
+
+
+def test_plugin_may_take_fewer_arguments_than_the_spec() -> None:
+    seen: list[str] = []
+    plugins.register_plugin(plugin(process_result=lambda task: seen.append(task)), name="few")
+    result = Result("ask", "yes", 0.9, "m", "m@1")
+    assert plugins.process_result("ask", result) is result
+    assert seen == ["ask"]
+
+
+def test_hook_register_models_later_registration_overrides() -> None:
+    builtin_demo = plugins.model_presets()["demo"]
+    first = plugin(register_models=lambda register: [
+        register(ModelPreset("demo", "first/demo")),
+        register(ModelPreset("shared", "first/shared", aliases=("alias",))),
+    ])
+    second = plugin(register_models=lambda register: register(ModelPreset("shared", "second/shared")))
+    plugins.register_plugin(first, name="first")
+    plugins.register_plugin(second, name="second")
+    presets = plugins.model_presets()
+    assert presets["demo"].source == "first/demo" != builtin_demo.source
+    assert presets["shared"].source == "second/shared"
+    assert presets["alias"].source == "first/shared"  # an alias stays until something re-registers it
+    assert presets["blip2-opt-2.7b"].source == "Salesforce/blip2-opt-2.7b"
+    plugins.unregister_plugin("first")
+    assert plugins.model_presets()["demo"] == builtin_demo
+
+
+def _colour_source(name: str, colour: str, scheme: str = "colour") -> ImageSource:
+    return ImageSource(name=name, scheme=scheme, load=lambda ref, limits: Image.new("RGB", (8, 8), colour))
+
+
+def test_hook_register_image_sources_order() -> None:
+    builtin = [source.name for source in plugins.image_sources()]
+    plugins.register_plugin(plugin(register_image_sources=lambda register: [
+        register(_colour_source("a1", "red")), register(_colour_source("a2", "red", scheme="other")),
+    ]), name="a")
+    plugins.register_plugin(plugin(register_image_sources=lambda register: register(_colour_source("b", "blue"))),
+                            name="b")
+    assert [source.name for source in plugins.image_sources()] == ["b", "a1", "a2", *builtin]
+    # Both plugins claim "colour:"; the loader takes the first source that does.
+    assert load_image("colour:anything").getpixel((0, 0)) == (0, 0, 255)
+    plugins.unregister_plugin("b")
+    assert load_image("colour:anything").getpixel((0, 0)) == (255, 0, 0)
+
+
+def _tagger(tag: str) -> Callable[[str, Result], Result]:
+    return lambda task, result: dataclasses.replace(result, text=f"{result.text}+{tag}")
+
+
+def test_hook_process_result_is_chained_in_call_order() -> None:
+    seen: list[str | None] = []
+    plugins.register_plugin(plugin(process_result=_tagger("A")), name="A")
+    plugins.register_plugin(plugin(process_result=_tagger("B")), name="B")
+    plugins.register_plugin(plugin(process_result=lambda task, result: seen.append(result.text)), name="None")
+    out = plugins.process_result("caption", Result("caption", "x", 0.5, "m", "m@1"))
+    assert seen == ["x"]  # called first (last registered), and returning None changes nothing
+    assert out.text == "x+B+A"
+
+
+def test_hook_process_result_tryfirst_and_failed_items() -> None:
+    calls: list[str] = []
+
+    def first(task: str, result: Result) -> Result:
+        calls.append("first")
+        return dataclasses.replace(result, text=f"{result.text}+first")
+
+    plugins.register_plugin(SimpleNamespace(process_result=hookimpl(tryfirst=True)(first)), name="first")
+    plugins.register_plugin(plugin(process_result=_tagger("late")), name="late")
+    assert plugins.process_result("ask", Result("ask", "x", 0.5, "m", "m@1")).text == "x+first+late"
+    failed = Result("ask", None, None, "m", "m@1", error="bad image")
+    calls.clear()
+    assert plugins.process_result("ask", failed) is failed
+    assert calls == []
+
+
+def test_hook_register_adapters_reach_blip2_serve() -> None:
+    @click.command()
+    @click.option("--port", type=int, default=1)
+    def echo(port: int) -> None:
+        """Echo server."""
+        click.echo(f"serving on {port}")
+
+    plugins.register_plugin(plugin(register_adapters=lambda register: register(
+        ServingAdapter("echo", echo, "An echo adapter for tests"))), name="echo")
+    runner = CliRunner()
+    listed = runner.invoke(build_cli(), ["serve", "--help"])
+    assert listed.exit_code == 0
+    assert "echo" in listed.output and "An echo adapter for tests" in listed.output
+    served = runner.invoke(build_cli(), ["serve", "echo", "--port", "8123"])
+    assert (served.exit_code, served.output) == (0, "serving on 8123\n")
+    assert runner.invoke(build_cli(), ["serve", "nope"]).exit_code == 2
+
+
+def test_hook_register_commands_adds_a_command() -> None:
+    def register_commands(cli: click.Group) -> None:
+        @cli.command()
+        @click.argument("who")
+        def hello(who: str) -> None:
+            """Greet WHO."""
+            click.echo(f"hello {who}")
+
+    plugins.register_plugin(plugin(register_commands=register_commands), name="hello")
+    runner = CliRunner()
+    assert "Greet WHO." in runner.invoke(build_cli(), ["--help"]).output
+    result = runner.invoke(build_cli(), ["hello", "world"])
+    assert (result.exit_code, result.output) == (0, "hello world\n")
+
+
+ADAPTER = AdapterVersion(name="captions", version="v3", path="/adapters/captions/v3", method="lora",
+                         base_model="demo", metrics={"cider": 1.2})
+
+
+def _call_declared_hook(hook: str) -> list[AdapterVersion]:
+    seen: list[AdapterVersion] = []
+    plugins.register_plugin(plugin(**{hook: lambda adapter: seen.append(adapter)}), name=f"{hook}-listener")
+    getattr(plugins.get_plugin_manager().hook, hook)(adapter=ADAPTER)
+    return seen
+
+
+def test_hook_training_finished_declaration() -> None:
+    """Only declared so far: an implementation registers and is called with the adapter."""
+    assert _call_declared_hook("training_finished") == [ADAPTER]
+
+
+def test_hook_adapter_promoted_declaration() -> None:
+    """Only declared so far: an implementation registers and is called with the adapter."""
+    assert _call_declared_hook("adapter_promoted") == [ADAPTER]
+
+
+def _blip2(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in (plugins.ENV_ALLOW, plugins.ENV_BLOCK)}
+    return subprocess.run([sys.executable, "-m", "blip2plugins.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+
+
+@pytest.fixture
+def installed_example(tmp_path: Path) -> Iterator[None]:
+    """The example plugin pip-installed into this environment (from a copy, so the repo stays clean)."""
+    pytest.importorskip("setuptools", reason="building the example plugin without isolation needs setuptools")
+    source = shutil.copytree(EXAMPLE, tmp_path / "example")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(source)], check=True, timeout=300)
+    try:
+        yield
+    finally:
+        subprocess.run([*pip, "uninstall", "-y", "blip2-example-plugin"], check=True, timeout=120)
+
+
+def test_example_plugin_installs_and_is_found_through_entry_points(installed_example: None) -> None:
+    listed = _blip2("plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    example = {info["name"]: info for info in json.loads(listed.stdout)}["example"]
+    assert example == {"name": "example", "version": "0.1.0", "builtin": False,
+                       "hooks": ["register_image_sources", "register_models"]}
+    models = _blip2("models", "--json")
+    assert models.returncode == 0, models.stderr
+    preset = {p["name"]: p for p in json.loads(models.stdout)}["demo-greedy-short"]
+    assert preset["family"] == "opt" and preset["defaults"]["max_new_tokens"] == 12
+    script = ("from blip2plugins.images import load_image; im = load_image('shapes:red-circle,blue-square'); "
+              "print(im.size, im.getpixel((16, 16)), im.getpixel((46, 20)))")
+    drawn = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                           check=True)
+    assert drawn.stdout.strip() == "(64, 64) (255, 0, 0) (0, 51, 255)"
