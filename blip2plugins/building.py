@@ -29,7 +29,11 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Sizes of a small BLIP-2 model (every part shares ``hidden`` width)."""
+    """Sizes of a small BLIP-2 model (every part shares ``hidden`` width).
+
+    ``layers`` is the depth of the Q-Former and the language model; the vision encoder has
+    ``vision_layers`` (default: ``layers``).
+    """
 
     image_size: int = 32
     patch_size: int = 8
@@ -38,6 +42,7 @@ class ModelSpec:
     heads: int = 2
     num_query_tokens: int = 4
     max_positions: int = 128
+    vision_layers: int | None = None
 
 
 def train_tokenizer(corpus: Iterable[str], family: Family, *, vocab_size: int = 400) -> PreTrainedTokenizerFast:
@@ -78,7 +83,7 @@ def build_model(processor: Blip2Processor, family: Family, spec: ModelSpec, *, s
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     ffn = spec.hidden * 4
     vision = Blip2VisionConfig(
-        hidden_size=spec.hidden, intermediate_size=ffn, num_hidden_layers=spec.layers,
+        hidden_size=spec.hidden, intermediate_size=ffn, num_hidden_layers=spec.vision_layers or spec.layers,
         num_attention_heads=spec.heads, image_size=spec.image_size, patch_size=spec.patch_size,
         initializer_range=0.02,
     )

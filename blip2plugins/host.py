@@ -1,9 +1,11 @@
 """The model host: one loaded BLIP-2 serving captions, answers and chats to many callers.
 
-One worker thread owns the model. Callers (any number of threads) load and preprocess their images,
-then queue requests; the worker gathers up to ``max_batch_size`` compatible requests, waiting at
-most ``max_wait`` seconds for more, and runs them as one batch. So every caller, adapter and plugin
-gets batching for free, and results equal those of one-by-one runs (left padding, same tokens).
+One worker thread owns the model. Callers (any number of threads) load and preprocess their images
+(lists in parallel, on a small thread pool), then queue requests; the worker gathers up to
+``max_batch_size`` compatible requests and runs them as one batch. It waits for more (at most
+``max_wait`` seconds) only while callers that have queued nothing yet are loading their images, so a
+lone caller never waits and a long list streams through in full batches. Every caller, adapter and plugin gets batching for free, and results equal those of
+one-by-one runs (same tokens).
 
 Generation follows ``Blip2ForConditionalGeneration.generate`` step by step, but on image features
 that can be computed once and reused: a chat encodes its image once for all turns.
@@ -12,10 +14,11 @@ that can be computed once and reused: a chat encodes its image once for all turn
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence, TypeVar
 
@@ -69,20 +72,24 @@ class Host:
     return one :class:`Result` per item, with ``error`` set on the items that failed.
     """
 
-    def __init__(self, loaded: models.LoadedModel, *, max_batch_size: int = 32, max_wait: float = 0.005) -> None:
+    def __init__(self, loaded: models.LoadedModel, *, max_batch_size: int = 32, max_wait: float = 0.05,
+                 loader_threads: int | None = None) -> None:
         if max_batch_size < 1:
             raise OptionError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.loaded = loaded
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._loader = ThreadPoolExecutor(loader_threads or min(4, os.cpu_count() or 1), "blip2-load")
+        self._preparing = 0  # callers loading images that have queued nothing yet: the worker waits for them
+        self._preparing_lock = threading.Lock()
         self._stats = {"batches": 0, "items": 0, "encoded": 0, "largest_batch": 0}
         self._worker = threading.Thread(target=self._serve, name="blip2-host", daemon=True)
         self._worker.start()
 
     @classmethod
     def load(cls, model: str = "demo", *, device: str = "auto", dtype: str = "auto", quantize: str | None = None,
-             adapter: str | None = None, max_batch_size: int = 32, max_wait: float = 0.005) -> Host:
+             adapter: str | None = None, max_batch_size: int = 32, max_wait: float = 0.05) -> Host:
         """Load a preset name, a checkpoint folder or a hub id, optionally with a LoRA adapter folder."""
         loaded = models.load(model, device=device, dtype=dtype, quantize=quantize)
         if adapter is not None:
@@ -157,10 +164,16 @@ class Host:
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Resize (with Pillow, before anything else) and normalise RGB images into pixel values."""
-        processor = self.loaded.processor.image_processor
-        size = (processor.size["width"], processor.size["height"])
-        shrunk = [im if im.size == size else im.resize(size, Image.Resampling.BICUBIC) for im in images]
-        return processor(shrunk, return_tensors="pt")["pixel_values"]
+        return self._normalise([self._shrink(im) for im in images])
+
+    def _shrink(self, image: Image.Image) -> Image.Image:
+        """Resize to the model's input size with the processor's own filter (so pixels are identical)."""
+        size = self.loaded.processor.image_processor.size
+        wanted = (size["width"], size["height"])
+        return image if image.size == wanted else image.resize(wanted, Image.Resampling.BICUBIC)
+
+    def _normalise(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
     def submit_features(self, task: str, features: torch.Tensor, prompt: str, options: GenerationOptions,
                         *, label: str = "<features>") -> Future[Result]:
@@ -177,6 +190,7 @@ class Host:
         if self._worker.is_alive():
             self._queue.put(_STOP)
             self._worker.join()
+        self._loader.shutdown()
 
     def __enter__(self) -> Host:
         return self
@@ -188,32 +202,56 @@ class Host:
 
     def _submit_images(self, task: str, images: list[Any], prompts: list[str], opts: GenerationOptions,
                        *, strict: bool = False) -> list[Future[Result]]:
-        futures: list[Future[Result]] = []
-        for start in range(0, len(images), self.max_batch_size):
-            chunk = list(zip(images[start:start + self.max_batch_size], prompts[start:start + self.max_batch_size]))
-            began = time.perf_counter()
-            loaded: list[tuple[int, Image.Image]] = []
-            chunk_futures: list[Future[Result]] = []
-            for index, (image, prompt) in enumerate(chunk):
-                try:
-                    self._check_prompt(prompt)
-                    loaded.append((index, load_image(image)))
-                except Blip2Error as exc:
-                    if strict:
-                        raise
-                    chunk_futures.append(_failed(Result(task, None, None, self.name, self.model_version,
-                                                        prompt=prompt, error=str(exc))))
-                    continue
-                chunk_futures.append(Future())
-            pixel_values = self.preprocess([im for _, im in loaded]) if loaded else None
-            spent = (time.perf_counter() - began) / max(len(chunk), 1)
-            for row, (index, _) in enumerate(loaded):
-                image, prompt = chunk[index]
-                request = _Generate(task, prompt, opts, describe(image), pixel_values=pixel_values[row],
-                                    timings={"preprocess_s": spent}, future=chunk_futures[index])
-                self._enqueue(request)
-            futures.extend(chunk_futures)
-        return futures
+        """Load, resize and normalise the images chunk by chunk, queueing each chunk as it is ready."""
+        with self._preparing_lock:
+            self._preparing += 1
+        preparing = True
+        try:
+            futures: list[Future[Result]] = []
+            for start in range(0, len(images), self.max_batch_size):
+                chunk = list(zip(images[start:start + self.max_batch_size], prompts[start:start + self.max_batch_size]))
+                began = time.perf_counter()
+                if len(chunk) == 1:
+                    prepared = [self._prepare(*chunk[0])]
+                else:
+                    prepared = list(self._loader.map(lambda item: self._prepare(*item), chunk))
+                if strict:
+                    for outcome in prepared:
+                        if isinstance(outcome, Blip2Error):
+                            raise outcome
+                good = [(index, im) for index, im in enumerate(prepared) if isinstance(im, Image.Image)]
+                pixel_values = self._normalise([im for _, im in good]) if good else None
+                spent = (time.perf_counter() - began) / len(chunk)
+                requests = {index: _Generate(task, chunk[index][1], opts, describe(chunk[index][0]),
+                                             pixel_values=pixel_values[row], timings={"preprocess_s": spent})
+                            for row, (index, _) in enumerate(good)}
+                for index, outcome in enumerate(prepared):
+                    if index not in requests:
+                        futures.append(_failed(Result(task, None, None, self.name, self.model_version,
+                                                      prompt=chunk[index][1], error=str(outcome))))
+                    else:
+                        futures.append(requests[index].future)
+                if preparing:  # before our first request: from now on the worker never waits for us
+                    preparing = self._done_preparing()
+                for request in requests.values():
+                    self._enqueue(request)
+            return futures
+        finally:
+            if preparing:
+                self._done_preparing()
+
+    def _done_preparing(self) -> bool:
+        with self._preparing_lock:
+            self._preparing -= 1
+        return False
+
+    def _prepare(self, image: Any, prompt: str) -> Image.Image | Blip2Error:
+        """One image loaded and resized, or the error that says why not."""
+        try:
+            self._check_prompt(prompt)
+            return self._shrink(load_image(image))
+        except Blip2Error as exc:
+            return exc
 
     def _check_prompt(self, prompt: str) -> None:
         token = self.loaded.processor.image_token.content
@@ -247,9 +285,12 @@ class Host:
                 pending.append(item)
             deadline = time.perf_counter() + self.max_wait
             while not stopping and len(pending) < self.max_batch_size:
+                wait = deadline - time.perf_counter() if self._preparing else 0.0
                 try:
-                    item = self._queue.get(timeout=max(deadline - time.perf_counter(), 0))
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
+                    if self._preparing and time.perf_counter() < deadline:
+                        continue
                     break
                 if item is _STOP:
                     stopping = True

@@ -204,10 +204,15 @@ def _decode(loaded: _Decodable, description: str, limits: ImageLimits) -> Image.
         raise ImageError(description, _bomb_reason(exc)) from exc
     except Exception as exc:
         raise ImageError(description, "truncated or corrupt image") from exc
+    ours = not isinstance(loaded, Image.Image)  # decoded here: no caller holds it, so change it in place
     try:
-        image = ImageOps.exif_transpose(image)
+        if ours:
+            ImageOps.exif_transpose(image, in_place=True)
+        else:
+            image = ImageOps.exif_transpose(image)  # a copy: the caller's image stays as it was
     except Exception:  # a broken EXIF block is no reason to refuse the pixels
-        image = image.copy()
+        if not ours:
+            image = image.copy()
     try:
         return _to_rgb(image)
     except (ValueError, OSError) as exc:
@@ -215,7 +220,10 @@ def _decode(loaded: _Decodable, description: str, limits: ImageLimits) -> Image.
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB: transparency over white, high bit depths scaled to 8 bits."""
+    """Convert any Pillow mode to RGB: transparency over white, high bit depths scaled to 8 bits.
+
+    An RGB image is returned as it is (the caller owns a copy already).
+    """
     if image.mode in _TRANSPARENT_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -226,7 +234,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         if image.mode != "F":
             image = image.convert("I")
         return image.point(lambda value: value * scale + 0.5).convert("L").convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _scale_to_8_bit(image: Image.Image) -> float:

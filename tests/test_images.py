@@ -94,6 +94,13 @@ def test_pil_image_is_converted_without_touching_the_callers_image():
     assert image is not original and original.mode == "L"
 
 
+def test_rgb_pil_image_comes_back_as_a_copy():
+    original = Image.new("RGB", (5, 5), (1, 2, 3))
+    image = load(original)
+    image.putpixel((0, 0), (9, 9, 9))
+    assert image is not original and original.getpixel((0, 0)) == (1, 2, 3)
+
+
 # --- files that are not (whole) images ------------------------------------------------------------
 
 
