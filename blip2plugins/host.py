@@ -27,7 +27,7 @@ from PIL import Image
 
 from . import models, plugins
 from .chat import Conversation
-from .errors import Blip2Error, ImageError, OptionError
+from .errors import Blip2Error, OptionError
 from .generation import GenerationOptions
 from .images import describe, load_image
 from .types import Result

@@ -1,0 +1,88 @@
+"""Turn ``(image, prompt, target)`` examples into BLIP-2 training batches.
+
+The layout is the processor's own (the one used at inference): ``num_query_tokens`` image tokens,
+then left padding, then the tokenized text. Labels follow the rule of the model's forward loss:
+
+* OPT (decoder-only): the text is ``prompt + " " + target`` (just ``target`` when the prompt is
+  empty, as for captions) followed by EOS. Labels are ``-100`` on the image tokens, padding, BOS and
+  the prompt, and the real ids on the target and EOS; they have the length of ``input_ids``, which
+  the model aligns with the end of its logits.
+* T5 (encoder-decoder): the encoder gets the prompt; labels are ``target + EOS``, right-padded
+  with ``-100``.
+
+Prompts come from :mod:`blip2plugins.families` (``family.render_question(q)``; captions use ``""``),
+so a trained model sees the prompts the host will send.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import torch
+
+from ..families import FAMILIES, Family
+
+IGNORE = -100
+
+
+class Example(NamedTuple):
+    """One training record: an image, the prompt (``""`` for captions) and the expected output."""
+
+    image: Any
+    prompt: str
+    target: str
+
+
+class Collator:
+    """``collator(examples) -> {"pixel_values", "input_ids", "attention_mask", "labels"}``."""
+
+    def __init__(self, processor: Any, family: Family | str) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.family = FAMILIES[family] if isinstance(family, str) else family
+        self._prompt_ids: dict[str, list[int]] = {}
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        images = [ex.image for ex in examples]
+        if self.family.decoder_only:
+            return self._decoder_only(images, [ex.prompt for ex in examples], [ex.target for ex in examples])
+        return self._encoder_decoder(images, [ex.prompt for ex in examples], [ex.target for ex in examples])
+
+    @staticmethod
+    def text(prompt: str, target: str) -> str:
+        """The decoder-only training text: ``prompt + " " + target``, or ``target`` alone."""
+        return f"{prompt} {target}" if prompt else target
+
+    def _prompt(self, prompt: str) -> list[int]:
+        if prompt not in self._prompt_ids:
+            self._prompt_ids[prompt] = self.tokenizer(prompt).input_ids
+        return self._prompt_ids[prompt]
+
+    def _decoder_only(self, images: list[Any], prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
+        texts = [self.text(p, t) for p, t in zip(prompts, targets)]
+        full = self.tokenizer(texts).input_ids
+        n_target = []
+        for prompt, ids in zip(prompts, full):
+            prefix = self._prompt(prompt)
+            if ids[: len(prefix)] != prefix:
+                raise ValueError(f"the prompt {prompt!r} does not tokenize to a prefix of its training text")
+            n_target.append(len(ids) - len(prefix) + 1)  # + EOS
+        batch = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+        eos = torch.full((len(texts), 1), self.tokenizer.eos_token_id, dtype=batch["input_ids"].dtype)
+        input_ids = torch.cat([batch["input_ids"], eos], dim=1)
+        attention_mask = torch.cat([batch["attention_mask"], torch.ones_like(eos)], dim=1)
+        labels = torch.full_like(input_ids, IGNORE)
+        for i, n in enumerate(n_target):
+            labels[i, -n:] = input_ids[i, -n:]
+        return {"pixel_values": batch["pixel_values"], "input_ids": input_ids,
+                "attention_mask": attention_mask, "labels": labels}
+
+    def _encoder_decoder(self, images: list[Any], prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        target_ids = self.tokenizer(targets).input_ids  # the T5 template appends EOS
+        width = max(len(ids) for ids in target_ids)
+        labels = torch.full((len(targets), width), IGNORE, dtype=torch.long)
+        for i, ids in enumerate(target_ids):
+            labels[i, : len(ids)] = torch.tensor(ids)
+        return {"pixel_values": batch["pixel_values"], "input_ids": batch["input_ids"],
+                "attention_mask": batch["attention_mask"], "labels": labels}
