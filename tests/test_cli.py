@@ -18,7 +18,6 @@ from test_plugins import write_distribution
 ROOT = Path(__file__).resolve().parents[1]
 CAPTION_KEYS = {"image", "caption", "score", "model", "model_version"}
 ASK_KEYS = {"image", "question", "answer", "score", "model", "model_version"}
-DEMO_TRAINED = (MODEL_DIR / "config.json").is_file()
 
 
 def blip2(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -131,7 +130,6 @@ def test_demo_notice_only_without_a_model_choice(tiny_opt: Path, images: dict[st
     assert "--model" in notes[0] and "BLIP2_MODEL" in notes[0]
 
 
-@pytest.mark.skipif(not DEMO_TRAINED, reason="the demo model is not trained yet: blip2 demo train")
 def test_demo_model_is_the_default(tmp_path: Path) -> None:
     scene = tmp_path / "scene.png"
     world.render(world.make_scene({"circle": "red", "square": "blue"})).save(scene)
