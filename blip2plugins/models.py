@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,10 +104,14 @@ def _quantization(quantize: str | None, dtype: torch.dtype) -> Any:
     from transformers import BitsAndBytesConfig
 
     if quantize == "8bit":
-        # bitsandbytes warns on every 8-bit matmul that it casts inputs to float16: say it once, in the docs.
-        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+        # bitsandbytes logs on every 8-bit matmul that it casts inputs to float16: the README says it once.
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_drop_cast_notice)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def _drop_cast_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
 
 
 def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str | None = None) -> LoadedModel:

@@ -230,6 +230,10 @@ every command and test of blip2plugins runs offline. It is a toy: it only knows 
   question/answer line of the world (`blip2plugins.building.train_tokenizer`); the word "purple" is in
   the vocabulary but in no training example.
 
+## Limits
+- Trained on single questions and captions only: in a multi-turn chat only the first answer is
+  reliable, since later prompts carry a history it never saw in training.
+
 ## Recipe
 - Built with `blip2plugins.building` (seed {facts['seed']}), then `prepare_for_scratch`: Q-Former dropout off and the
   vision tower, Q-Former and projection weights drawn with std {facts['init_std']} (the configs' 0.02 left the
