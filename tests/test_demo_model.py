@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,11 @@ def test_demo_model_answers_the_example_scenes(host):
     # Trained on single questions only: the first turn of a chat is one (later turns carry history
     # it never saw; see the model card).
     assert host.chat(image).ask("what color is the square?").text == "blue"
+
+
+def test_main_job_captions_the_example_images(host):
+    """The README's main job: each example image's name spells its scene, e.g. red-circle_blue-square_on-white.png."""
+    images = sorted((Path(__file__).parents[1] / "examples" / "images").glob("*.png"))
+    assert len(images) >= 5
+    expected = [" and ".join(f"a {part.replace('-', ' ')}" for part in image.stem.split("_")[:-1]) for image in images]
+    assert [r.text for r in host.caption([str(p) for p in images])] == expected
