@@ -157,10 +157,8 @@ class Host:
 
     def encode(self, image: Any) -> torch.Tensor:
         """The language-model-projected query embeddings of one image, shape (num_query_tokens, hidden)."""
-        pixel_values = self.preprocess([load_image(image)])[0]
-        request = _Encode(pixel_values)
-        self._queue.put(request)
-        return request.future.result()
+        request = _Encode(self.preprocess([load_image(image)])[0])
+        return self._enqueue(request).result()
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Resize (with Pillow, before anything else) and normalise RGB images into pixel values."""
@@ -178,8 +176,11 @@ class Host:
     def submit_features(self, task: str, features: torch.Tensor, prompt: str, options: GenerationOptions,
                         *, label: str = "<features>") -> Future[Result]:
         """Queue a generation from already-encoded image features and a fully rendered prompt."""
-        request = _Generate(task, prompt, options, label, features=features)
-        return self._enqueue(request)
+        try:
+            self._check_prompt(prompt)
+        except OptionError as exc:
+            return _failed(Result(task, None, None, self.name, self.model_version, prompt=prompt, error=str(exc)))
+        return self._enqueue(_Generate(task, prompt, options, label, features=features))
 
     def stats(self) -> dict[str, int]:
         """Counters since load: generation batches run, items generated, images encoded, largest batch."""
@@ -258,7 +259,7 @@ class Host:
         if token in prompt:
             raise OptionError(f"prompt {prompt[:60]!r} contains the image token {token!r}")
 
-    def _enqueue(self, request: _Generate) -> Future[Result]:
+    def _enqueue(self, request: _Generate | _Encode) -> Future[Any]:
         if not self._worker.is_alive():
             raise Blip2Error("the host is closed")
         self._queue.put(request)

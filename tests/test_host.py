@@ -191,3 +191,18 @@ def test_mismatched_processor_is_refused_at_load(tiny_opt, tmp_path):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="unknown model 'no-such-model'"):
         Host.load("no-such-model")
+
+
+def test_a_bad_question_fails_alone_when_the_image_is_shared(hosts):
+    results = hosts["opt"].ask(scene(3), ["what is it?", "what is <image> here?", "why?"], max_new_tokens=4)
+    assert [r.ok for r in results] == [True, False, True]
+    assert "image token" in results[1].error
+
+
+def test_a_closed_host_refuses_work(tiny_opt):
+    host = Host.load(str(tiny_opt))
+    host.close()
+    with pytest.raises(Blip2Error, match="closed"):
+        host.caption(scene(0))
+    with pytest.raises(Blip2Error, match="closed"):
+        host.chat(scene(0))
