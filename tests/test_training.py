@@ -83,6 +83,7 @@ def test_t5_collator_prompt_to_encoder_target_to_labels() -> None:
     assert (ids[:, :4] == model.config.image_token_index).all()
     assert ids[0][4:].tolist() == tok(prompt).input_ids  # prompt + EOS, no target
     assert ids[1][mask[1] == 1][4:].tolist() == [tok.eos_token_id]  # empty caption prompt
+    assert mask[1].tolist() == [1] * 5 + [0] * (mask.shape[1] - 5), "T5 prompts are right padded, as at inference"
     assert labels[0].tolist()[:len(tok("red").input_ids)] == tok("red").input_ids
     assert tok.decode(labels[0][labels[0] != IGNORE]) == "red</s>"
     assert tok.decode(labels[1][labels[1] != IGNORE]) == "a red circle</s>"

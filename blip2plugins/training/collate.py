@@ -1,14 +1,15 @@
 """Turn ``(image, prompt, target)`` examples into BLIP-2 training batches.
 
-The layout is the processor's own (the one used at inference): ``num_query_tokens`` image tokens,
-then left padding, then the tokenized text. Labels follow the rule of the model's forward loss:
+The layout is the one the host uses at inference: ``num_query_tokens`` image tokens, then the
+tokenized text, padded on the left (OPT) or the right (T5). Labels follow the rule of the model's
+forward loss:
 
 * OPT (decoder-only): the text is ``prompt + " " + target`` (just ``target`` when the prompt is
   empty, as for captions) followed by EOS. Labels are ``-100`` on the image tokens, padding, BOS and
   the prompt, and the real ids on the target and EOS; they have the length of ``input_ids``, which
   the model aligns with the end of its logits.
-* T5 (encoder-decoder): the encoder gets the prompt; labels are ``target + EOS``, right-padded
-  with ``-100``.
+* T5 (encoder-decoder): the encoder gets the prompt, right-padded (as the host pads it); labels are
+  ``target + EOS``, right-padded with ``-100``.
 
 Prompts come from :mod:`blip2plugins.families` (``family.render_question(q)``; captions use ``""``),
 so a trained model sees the prompts the host will send.
@@ -78,7 +79,9 @@ class Collator:
                 "attention_mask": attention_mask, "labels": labels}
 
     def _encoder_decoder(self, images: list[Any], prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        # Right padding, as the host pads T5 prompts: T5's relative positions would count left pads
+        # lying between the image tokens and the text.
+        batch = self.processor(images=images, text=prompts, padding=True, padding_side="right", return_tensors="pt")
         target_ids = self.tokenizer(targets).input_ids  # the T5 template appends EOS
         width = max(len(ids) for ids in target_ids)
         labels = torch.full((len(targets), width), IGNORE, dtype=torch.long)
