@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     log_every: int = 50
-    progress: bool = True
+    progress: bool = True  # a progress bar on stderr, when it is a terminal
     mixed_precision: str = "no"
 
 
@@ -121,7 +121,7 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
     step, epoch, seen = 0, 0, 0
     start = time.perf_counter()
     bar = tqdm(total=config.steps, desc=f"train {config.method}", file=sys.stderr, dynamic_ncols=True,
-               disable=not (config.progress and accelerator.is_local_main_process))
+               disable=not (config.progress and accelerator.is_local_main_process and sys.stderr.isatty()))
     while step < config.steps:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
