@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZE = ("8bit", "4bit")
 _HASH_ALL_BELOW = 64 * 1024 * 1024
+_CPU_4BIT_BLOCK = 64
 
 
 @dataclass
@@ -130,6 +131,8 @@ def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str
         raise ModelLoadError(f"could not load model {preset.name!r} from {preset.source}: {exc}") from None
     if quantization is None:
         net = net.to(dev)
+    elif quantize == "4bit" and dev.type == "cpu":
+        _check_cpu_4bit(net, preset.name)
     net.eval()
     family = family_of(net.config.text_config.model_type)
     if preset.family is not None and preset.family != family.name:
@@ -139,6 +142,17 @@ def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str
         )
     check_pair(net, processor, preset.name)
     return LoadedModel(preset, net, processor, family, _version(preset, net), dev, torch_dtype)
+
+
+def _check_cpu_4bit(model: Blip2ForConditionalGeneration, name: str) -> None:
+    """bitsandbytes' CPU 4-bit kernels pack weights in blocks of 64 input features; others crash in generate."""
+    widths = {m.in_features for m in model.language_model.modules() if isinstance(m, torch.nn.Linear)}
+    odd = sorted(w for w in widths if w % _CPU_4BIT_BLOCK)
+    if odd:
+        raise ModelLoadError(
+            f"model {name!r}: 4-bit on CPU needs layer widths that are multiples of {_CPU_4BIT_BLOCK} "
+            f"(bitsandbytes' block size); this language model has {', '.join(map(str, odd))}: use quantize='8bit'"
+        )
 
 
 def check_pair(model: Blip2ForConditionalGeneration, processor: Blip2Processor, name: str) -> None:

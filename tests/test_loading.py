@@ -37,6 +37,18 @@ def test_8bit_quantization_runs_on_cpu(tiny_opt, fp32):
     assert result.text == fp32.text
 
 
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes extra not installed")
+def test_4bit_on_cpu_refuses_layer_widths_its_kernels_cannot_pack(tiny_opt):
+    with pytest.raises(ModelLoadError, match="multiples of 64.*32"):
+        Host.load(str(tiny_opt), device="cpu", quantize="4bit")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes extra not installed")
+def test_4bit_runs_on_cpu_where_widths_fit():
+    with Host.load("demo", device="cpu", quantize="4bit") as host:
+        assert host.ask(IMAGE, "how many shapes?").ok
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"dtype": "float64"}, "dtype 'float64'"),
     ({"quantize": "3bit"}, "quantize '3bit'"),
