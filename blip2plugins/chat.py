@@ -23,11 +23,9 @@ class Conversation:
     together with the image's query tokens and ``max_new_tokens``.
     """
 
-    def __init__(self, host: Host, features: torch.Tensor, *, label: str, system: str | None,
-                 options: GenerationOptions) -> None:
+    def __init__(self, host: Host, features: torch.Tensor, *, system: str | None, options: GenerationOptions) -> None:
         self.host = host
         self.features = features
-        self.label = label
         self.system = system
         self.options = options
         self.turns: list[tuple[str, str]] = []
@@ -51,8 +49,7 @@ class Conversation:
     def ask(self, question: str, **options: Any) -> Result:
         """Answer ``question`` about the image, then remember the turn."""
         opts = GenerationOptions.from_kwargs(options, self.options.as_dict()) if options else self.options
-        result = self.host.submit_features("chat", self.features, self.prompt(question, opts), opts,
-                                           label=self.label).result()
+        result = self.host.submit_features("chat", self.features, self.prompt(question, opts), opts).result()
         if not result.ok:
             raise Blip2Error(result.error)
         self.turns.append((question, result.text or ""))

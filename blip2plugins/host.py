@@ -29,7 +29,7 @@ from . import models, plugins
 from .chat import Conversation
 from .errors import Blip2Error, OptionError
 from .generation import GenerationOptions
-from .images import describe, load_image
+from .images import load_image
 from .types import Result
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ class _Generate:
     task: str
     prompt: str
     options: GenerationOptions
-    label: str
     pixel_values: torch.Tensor | None = None
     features: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -134,15 +133,14 @@ class Host:
             return self._one(self._submit_images("ask", [images], [prompt], opts, strict=True)[0])
         if not isinstance(images, (list, tuple)):
             features = self.encode(images)
-            return self._wait([self.submit_features("ask", features, family.render_question(q), opts,
-                                                    label=describe(images)) for q in question])
+            return self._wait([self.submit_features("ask", features, family.render_question(q), opts)
+                               for q in question])
         questions = _spread(question, len(images), "question")
         return self._wait(self._submit_images("ask", list(images), [family.render_question(q) for q in questions], opts))
 
     def chat(self, image: Any, *, system: str | None = None, **options: Any) -> Conversation:
         """Start a conversation about one image; the image is encoded once, here."""
-        return Conversation(self, self.encode(image), label=describe(image), system=system,
-                            options=self.options(**options))
+        return Conversation(self, self.encode(image), system=system, options=self.options(**options))
 
     def submit_caption(self, image: Any, *, prompt: str | None = None, n: int = 1, **options: Any) -> Future[Result]:
         """Queue one caption; the future's result has ``error`` set if the item failed."""
@@ -173,14 +171,13 @@ class Host:
     def _normalise(self, images: list[Image.Image]) -> torch.Tensor:
         return self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
-    def submit_features(self, task: str, features: torch.Tensor, prompt: str, options: GenerationOptions,
-                        *, label: str = "<features>") -> Future[Result]:
+    def submit_features(self, task: str, features: torch.Tensor, prompt: str, options: GenerationOptions) -> Future[Result]:
         """Queue a generation from already-encoded image features and a fully rendered prompt."""
         try:
             self._check_prompt(prompt)
         except OptionError as exc:
-            return _failed(Result(task, None, None, self.name, self.model_version, prompt=prompt, error=str(exc)))
-        return self._enqueue(_Generate(task, prompt, options, label, features=features))
+            return _failed(self._failure(task, prompt, str(exc)))
+        return self._enqueue(_Generate(task, prompt, options, features=features))
 
     def stats(self) -> dict[str, int]:
         """Counters since load: generation batches run, items generated, images encoded, largest batch."""
@@ -223,13 +220,12 @@ class Host:
                 good = [(index, im) for index, im in enumerate(prepared) if isinstance(im, Image.Image)]
                 pixel_values = self._normalise([im for _, im in good]) if good else None
                 spent = (time.perf_counter() - began) / len(chunk)
-                requests = {index: _Generate(task, chunk[index][1], opts, describe(chunk[index][0]),
+                requests = {index: _Generate(task, chunk[index][1], opts,
                                              pixel_values=pixel_values[row], timings={"preprocess_s": spent})
                             for row, (index, _) in enumerate(good)}
                 for index, outcome in enumerate(prepared):
                     if index not in requests:
-                        futures.append(_failed(Result(task, None, None, self.name, self.model_version,
-                                                      prompt=chunk[index][1], error=str(outcome))))
+                        futures.append(_failed(self._failure(task, chunk[index][1], str(outcome))))
                     else:
                         futures.append(requests[index].future)
                 if preparing:  # before our first request: from now on the worker never waits for us
@@ -258,6 +254,10 @@ class Host:
         token = self.loaded.processor.image_token.content
         if token in prompt:
             raise OptionError(f"prompt {prompt[:60]!r} contains the image token {token!r}")
+
+    def _failure(self, task: str, prompt: str, error: str) -> Result:
+        """The result of an item that failed."""
+        return Result(task, None, None, self.name, self.model_version, prompt=prompt, error=error)
 
     def _enqueue(self, request: _Generate | _Encode) -> Future[Any]:
         if not self._worker.is_alive():
@@ -318,8 +318,7 @@ class Host:
                 if isinstance(request, _Encode):
                     request.future.set_exception(Blip2Error(f"encoding failed: {exc}"))
                 else:
-                    request.future.set_result(Result(request.task, None, None, self.name, self.model_version,
-                                                     prompt=request.prompt, error=f"generation failed: {exc}"))
+                    request.future.set_result(self._failure(request.task, request.prompt, f"generation failed: {exc}"))
 
     def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         loaded = self.loaded

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from blip2plugins.demo import MODEL_DIR, world
-from blip2plugins.demo.recipe import evaluate
+from blip2plugins.demo.recipe import evaluate, host_fns
 from blip2plugins.host import Host
 
 FRESH_SEED = 424242  # neither the training seed nor the card's evaluation seed
@@ -34,9 +34,7 @@ def test_demo_model_is_small_enough_to_ship():
 
 @pytest.mark.slow
 def test_demo_model_meets_its_card_on_fresh_scenes(host):
-    metrics = evaluate(lambda images: [r.text for r in host.caption(images)],
-                       lambda images, questions: [r.text for r in host.ask(images, questions)],
-                       n_scenes=300, seed=FRESH_SEED)
+    metrics = evaluate(*host_fns(host), n_scenes=300, seed=FRESH_SEED)
     # 300 fresh scenes: allow two standard errors of sampling noise below the card's figure.
     assert metrics["caption_exact_match"] >= card_number("caption exact match") - 0.02
     assert metrics["vqa_accuracy"] >= card_number("VQA accuracy") - 0.02
