@@ -1,6 +1,6 @@
 """Ten questions about one image: a host chat (image encoded once) vs re-encoding it for every question.
 
-The re-encoding arm renders exactly the prompt the chat renders (``Conversation.prompt``, past
+The re-encoding arm renders exactly the prompt the chat renders (``chat.render_chat``, past
 turns included, fed its own answers) and runs ``processor`` + ``model.generate`` for each question,
 so the vision encoder and Q-Former run ten times instead of once. Both arms must give identical
 answers. Default model: about 7M parameters at 224 px with random weights, built here.
@@ -16,7 +16,7 @@ import random
 import _common as c
 import torch
 
-from blip2plugins.chat import Conversation
+from blip2plugins.chat import render_chat
 
 GOAL = 2.0
 QUESTIONS = [
@@ -43,7 +43,6 @@ def main() -> None:
     model, processor = host.loaded.model, host.loaded.processor
     size = host.loaded.model.config.vision_config.image_size
     image = c.draw_image(random.Random(args.seed), size, size)  # in memory, at model size: both arms
-    opts = host.options(max_new_tokens=args.max_new_tokens)
 
     turns: list = []
 
@@ -53,13 +52,14 @@ def main() -> None:
         return [r.text for r in turns]
 
     def raw_arm() -> list[str]:
-        conv = Conversation(host, None, label="raw", system=None, options=opts)  # only renders prompts
+        past: list[tuple[str, str]] = []
         answers = []
         for q in questions:
-            inputs = processor(images=image, text=conv.prompt(q), return_tensors="pt")
+            prompt = render_chat(host.loaded, past, q, max_new_tokens=args.max_new_tokens)
+            inputs = processor(images=image, text=prompt, return_tensors="pt")
             out = model.generate(**inputs, max_new_tokens=args.max_new_tokens)
             answer = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
-            conv.turns.append((q, answer))
+            past.append((q, answer))
             answers.append(answer)
         return answers
 

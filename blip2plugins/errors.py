@@ -30,3 +30,15 @@ class ModelLoadError(Blip2Error):
 
 class PluginError(Blip2Error):
     """A plugin could not be loaded or implements a hook that no spec declares."""
+
+
+class DataError(Blip2Error):
+    """A training dataset could not be read, or (with ``strict``) holds a bad record."""
+
+
+class StoreError(Blip2Error):
+    """An adapter store operation failed: unknown version, corrupt metadata, or a refused promotion."""
+
+
+class EvalError(Blip2Error, ValueError):
+    """Predictions, references or a training report that cannot be scored or plotted."""

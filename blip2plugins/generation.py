@@ -2,12 +2,13 @@
 
 Deterministic by default (greedy search). Every option is checked by name, type and range; a
 mistake raises :class:`~blip2plugins.errors.OptionError` naming the option and the reason.
+``stop`` holds stop strings: generation ends when one is produced, and the text is cut before it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping, Sequence
 
 from .errors import OptionError
 
@@ -16,7 +17,10 @@ MAX_NEW_TOKENS_DEFAULT = 30
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Validated generation options; ``n`` is the number of sequences returned per item."""
+    """Validated generation options; ``n`` is the number of sequences returned per item.
+
+    ``stop`` is a tuple of stop strings (a single string or a list is accepted and made a tuple).
+    """
 
     max_new_tokens: int = MAX_NEW_TOKENS_DEFAULT
     min_new_tokens: int = 0
@@ -30,6 +34,7 @@ class GenerationOptions:
     length_penalty: float = 1.0
     seed: int | None = None
     n: int = 1
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> GenerationOptions:
@@ -42,6 +47,18 @@ class GenerationOptions:
             merged[name] = _check_type(name, value, _TYPES[name])
         opts = cls(**merged)
         opts._check_ranges(explicit=set(merged))
+        return opts
+
+    def updated(self, **options: Any) -> GenerationOptions:
+        """These options with some replaced (``None`` values are ignored), validated like ``from_kwargs``."""
+        known = {f.name for f in fields(self)}
+        given = {k: v for k, v in options.items() if v is not None}
+        for name, value in given.items():
+            if name not in known:
+                raise OptionError(f"unknown generation option {name!r}; known options: {', '.join(known)}")
+            given[name] = _check_type(name, value, _TYPES[name])
+        opts = replace(self, **given)
+        opts._check_ranges(explicit=set(given))
         return opts
 
     def _check_ranges(self, explicit: set[str]) -> None:
@@ -81,7 +98,14 @@ class GenerationOptions:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if self.num_beams > 1:
             kwargs["length_penalty"] = self.length_penalty
+        if self.stop:
+            kwargs["stop_strings"] = list(self.stop)  # generate also needs tokenizer= for these
         return kwargs
+
+    def cut(self, text: str) -> tuple[str, bool]:
+        """``text`` up to the first stop string, and whether one was found."""
+        found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return (text[: min(found)], True) if found else (text, False)
 
     def as_dict(self) -> dict[str, Any]:
         """All options as a plain dict."""
@@ -91,11 +115,13 @@ class GenerationOptions:
 _TYPES: dict[str, type] = {
     "max_new_tokens": int, "min_new_tokens": int, "num_beams": int, "do_sample": bool,
     "temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float,
-    "no_repeat_ngram_size": int, "length_penalty": float, "seed": int, "n": int,
+    "no_repeat_ngram_size": int, "length_penalty": float, "seed": int, "n": int, "stop": tuple,
 }
 
 
 def _check_type(name: str, value: Any, kind: type) -> Any:
+    if kind is tuple:
+        return _stop_strings(name, value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -105,6 +131,13 @@ def _check_type(name: str, value: Any, kind: type) -> Any:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise OptionError(f"{name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _stop_strings(name: str, value: Any) -> tuple[str, ...]:
+    items: Sequence[Any] = (value,) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
+        raise OptionError(f"{name} must be a non-empty string or a list of non-empty strings, got {value!r}")
+    return tuple(dict.fromkeys(items))
 
 
 def _at_least(name: str, value: int, low: int) -> None:

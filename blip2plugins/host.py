@@ -8,7 +8,9 @@ lone caller never waits and a long list streams through in full batches. Every c
 one-by-one runs (same tokens).
 
 Generation follows ``Blip2ForConditionalGeneration.generate`` step by step, but on image features
-that can be computed once and reused: a chat encodes its image once for all turns.
+that can be computed once and reused: a chat encodes its image once for all turns. A request without
+an image is answered by the language model alone (no image tokens). :meth:`Host.stream` hands out the
+text of one request while it is generated.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar, overload
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from . import models, plugins
 from .chat import Conversation
@@ -43,13 +48,17 @@ class _Generate:
     options: GenerationOptions
     pixel_values: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    text_only: bool = False
+    stream: TextStream | None = None
     timings: dict[str, float] = field(default_factory=dict)
     queued: float = field(default_factory=time.perf_counter)
     future: Future[Result] = field(default_factory=Future)
 
     def key(self) -> object:
-        # Sampled requests run alone, so a seed reproduces the same text whatever else is queued.
-        return self if self.options.do_sample else ("generate", self.options)
+        # Sampled requests run alone, so a seed reproduces the same text whatever else is queued; so do streams.
+        if self.options.do_sample or self.stream is not None:
+            return self
+        return ("text" if self.text_only else "generate", self.options)
 
 
 @dataclass(eq=False)
@@ -59,6 +68,17 @@ class _Encode:
 
     def key(self) -> object:
         return "encode"
+
+
+@dataclass(eq=False)
+class _Swap:
+    """Replace the attached adapter between batches: requests queued before it finish on the old one."""
+
+    adapter: str | None
+    future: Future[str] = field(default_factory=Future)
+
+    def key(self) -> object:
+        return self
 
 
 _STOP = object()
@@ -89,10 +109,14 @@ class Host:
     @classmethod
     def load(cls, model: str = "demo", *, device: str = "auto", dtype: str = "auto", quantize: str | None = None,
              adapter: str | None = None, max_batch_size: int = 32, max_wait: float = 0.05) -> Host:
-        """Load a preset name, a checkpoint folder or a hub id, optionally with a LoRA adapter folder."""
+        """Load a preset name, a checkpoint folder or a hub id, optionally with an adapter.
+
+        ``adapter`` is an adapter folder, or ``NAME`` / ``NAME@VERSION`` in the default adapter store
+        (``BLIP2_ADAPTER_STORE``).
+        """
         loaded = models.load(model, device=device, dtype=dtype, quantize=quantize)
         if adapter is not None:
-            models.attach_adapter(loaded, adapter)
+            models.attach_adapter(loaded, models.find_adapter(loaded, adapter))
         return cls(loaded, max_batch_size=max_batch_size, max_wait=max_wait)
 
     @property
@@ -139,8 +163,9 @@ class Host:
         return self._wait(self._submit_images("ask", list(images), [family.render_question(q) for q in questions], opts))
 
     def chat(self, image: Any, *, system: str | None = None, **options: Any) -> Conversation:
-        """Start a conversation about one image; the image is encoded once, here."""
-        return Conversation(self, self.encode(image), system=system, options=self.options(**options))
+        """Start a conversation about one image, encoded once, here; ``image=None`` chats without one."""
+        features = None if image is None else self.encode(image)
+        return Conversation(self, features, system=system, options=self.options(**options))
 
     def submit_caption(self, image: Any, *, prompt: str | None = None, n: int = 1, **options: Any) -> Future[Result]:
         """Queue one caption; the future's result has ``error`` set if the item failed."""
@@ -153,10 +178,22 @@ class Host:
 
     # -- building blocks ------------------------------------------------------------------------
 
-    def encode(self, image: Any) -> torch.Tensor:
-        """The language-model-projected query embeddings of one image, shape (num_query_tokens, hidden)."""
-        request = _Encode(self.preprocess([load_image(image)])[0])
-        return self._enqueue(request).result()
+    @overload
+    def encode(self, image: list[Any] | tuple[Any, ...]) -> list[torch.Tensor]: ...
+
+    @overload
+    def encode(self, image: Any) -> torch.Tensor: ...
+
+    def encode(self, image: Any) -> torch.Tensor | list[torch.Tensor]:
+        """The language-model-projected query embeddings of one image, shape (num_query_tokens, hidden).
+
+        A list of images gives a list of embeddings, encoded in batches; a bad image raises its ``ImageError``.
+        """
+        if not isinstance(image, (list, tuple)):
+            return self._enqueue(_Encode(self.preprocess([load_image(image)])[0])).result()
+        loaded = list(self._loader.map(load_image, image)) if len(image) > 1 else [load_image(i) for i in image]
+        futures = [self._enqueue(_Encode(row)) for row in self.preprocess(loaded)] if loaded else []
+        return [future.result() for future in futures]
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Resize (with Pillow, before anything else) and normalise RGB images into pixel values."""
@@ -171,13 +208,61 @@ class Host:
     def _normalise(self, images: list[Image.Image]) -> torch.Tensor:
         return self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
-    def submit_features(self, task: str, features: torch.Tensor, prompt: str, options: GenerationOptions) -> Future[Result]:
-        """Queue a generation from already-encoded image features and a fully rendered prompt."""
+    def submit_features(self, task: str, features: torch.Tensor | None, prompt: str,
+                        options: GenerationOptions) -> Future[Result]:
+        """Queue a generation from already-encoded image features and a fully rendered prompt.
+
+        With ``features=None`` the language model alone answers the prompt (no image tokens); such
+        text-only requests are batched with each other.
+        """
         try:
             self._check_prompt(prompt)
         except OptionError as exc:
             return _failed(self._failure(task, prompt, str(exc)))
-        return self._enqueue(_Generate(task, prompt, options, features=features))
+        return self._enqueue(_Generate(task, prompt, options, features=features, text_only=features is None))
+
+    def stream(self, task: str, features: torch.Tensor | None, prompt: str, options: GenerationOptions) -> TextStream:
+        """Like :meth:`submit_features`, but the text comes as deltas while the worker generates it.
+
+        The request runs as a batch of its own. Iterating the returned :class:`TextStream` yields
+        text deltas that join to its ``result().text`` (the text a non-streamed request gives).
+        Beam search and ``n`` > 1 cannot stream: they raise :class:`OptionError`.
+        """
+        if options.num_beams > 1 or options.n > 1:
+            raise OptionError(f"streaming needs num_beams=1 and n=1, got num_beams={options.num_beams}, n={options.n}")
+        self._check_prompt(prompt)
+        request = _Generate(task, prompt, options, features=features, text_only=features is None)
+        request.stream = TextStream(request.future, self.loaded.processor.tokenizer,
+                                    lambda raw: self._text(request, options.cut(raw)[0]), options.stop)
+        self._enqueue(request)
+        return request.stream
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Hold the batching window open while this caller prepares requests.
+
+        While any caller is inside such a block, the worker waits (at most ``max_wait`` after the
+        first queued request) before running a batch, so requests that several threads or tasks
+        queue during the block run together.
+        """
+        with self._preparing_lock:
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            self._done_preparing()
+
+    def use_adapter(self, adapter: str | None) -> str:
+        """Serve ``adapter`` from now on (a folder, ``NAME[@VERSION]`` in the adapter store, or ``None``
+        for the base model); returns the new model version.
+
+        The swap runs on the worker between batches: requests queued before it finish on the old
+        adapter, later ones use the new one, and results carry the model version that produced them.
+        If the new adapter cannot be loaded, the old one keeps serving and the error is raised.
+        Conversations keep the image features they encoded when they started.
+        """
+        folder = None if adapter is None else models.find_adapter(self.loaded, adapter)
+        return self._enqueue(_Swap(folder)).result()
 
     def stats(self) -> dict[str, int]:
         """Counters since load: generation batches run, items generated, images encoded, largest batch."""
@@ -259,7 +344,7 @@ class Host:
         """The result of an item that failed."""
         return Result(task, None, None, self.name, self.model_version, prompt=prompt, error=error)
 
-    def _enqueue(self, request: _Generate | _Encode) -> Future[Any]:
+    def _enqueue(self, request: _Generate | _Encode | _Swap) -> Future[Any]:
         if not self._worker.is_alive():
             raise Blip2Error("the host is closed")
         self._queue.put(request)
@@ -285,7 +370,7 @@ class Host:
                     return
                 pending.append(item)
             deadline = time.perf_counter() + self.max_wait
-            while not stopping and len(pending) < self.max_batch_size:
+            while not stopping and len(pending) < self.max_batch_size and not isinstance(pending[-1], _Swap):
                 wait = deadline - time.perf_counter() if self._preparing else 0.0
                 try:
                     item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
@@ -297,10 +382,27 @@ class Host:
                     stopping = True
                 else:
                     pending.append(item)
+            if isinstance(pending[0], _Swap):
+                self._swap(pending.pop(0))
+                continue
+            barrier = next((i for i, p in enumerate(pending) if isinstance(p, _Swap)), len(pending))
             key = pending[0].key()
-            batch = [p for p in pending if p.key() == key][: self.max_batch_size]
+            batch = [p for p in pending[:barrier] if p.key() == key][: self.max_batch_size]
             pending = [p for p in pending if p not in batch]
             self._run(batch)
+
+    def _swap(self, request: _Swap) -> None:
+        try:
+            if request.adapter is None:
+                models.detach_adapter(self.loaded)
+            else:
+                models.attach_adapter(self.loaded, request.adapter)
+        except Exception as exc:  # the old adapter still serves
+            log.error("adapter swap to %s failed: %s", request.adapter, exc)
+            request.future.set_exception(exc if isinstance(exc, Blip2Error) else Blip2Error(f"adapter swap failed: {exc}"))
+        else:
+            log.info("now serving %s", self.loaded.version)
+            request.future.set_result(self.loaded.version)
 
     def _run(self, batch: list[Any]) -> None:
         try:
@@ -328,7 +430,7 @@ class Host:
     def _generate(self, batch: list[_Generate]) -> None:
         loaded, model = self.loaded, self.loaded.model
         started = time.perf_counter()
-        todo = [r for r in batch if r.features is None]
+        todo = [r for r in batch if r.features is None and not r.text_only]
         self._stats["batches"] += 1
         self._stats["items"] += len(batch)
         self._stats["encoded"] += len(todo)
@@ -337,18 +439,26 @@ class Host:
             for request, row in zip(todo, self._features(torch.stack([r.pixel_values for r in todo]))):
                 request.features = row
         encoded = time.perf_counter()
-        input_ids, attention_mask = self._encode_prompts([r.prompt for r in batch])
+        text_only = batch[0].text_only
+        input_ids, attention_mask = self._encode_prompts([r.prompt for r in batch], image=not text_only)
         image_slots = input_ids == loaded.image_token_id
         counts = image_slots.sum(dim=1)
-        if bool((counts != loaded.num_query_tokens).any()):
-            raise Blip2Error(f"image-token count per row {counts.tolist()} != {loaded.num_query_tokens} query tokens")
+        expected = 0 if text_only else loaded.num_query_tokens
+        if bool((counts != expected).any()):
+            raise Blip2Error(f"image-token count per row {counts.tolist()} != {expected} query tokens")
         embeds = model.get_input_embeddings()(input_ids)
-        features = torch.stack([r.features for r in batch]).to(embeds.device, embeds.dtype)
-        embeds = embeds.masked_scatter(image_slots.unsqueeze(-1), features)
-        inputs: dict[str, torch.Tensor] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
+        if not text_only:
+            features = torch.stack([r.features for r in batch]).to(embeds.device, embeds.dtype)
+            embeds = embeds.masked_scatter(image_slots.unsqueeze(-1), features)
+        inputs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
         if loaded.family.decoder_only:
             inputs["input_ids"] = input_ids
         options = batch[0].options
+        if options.stop:
+            inputs["tokenizer"] = loaded.processor.tokenizer
+        stream = batch[0].stream
+        if stream is not None:
+            inputs.update(streamer=stream.streamer, stopping_criteria=StoppingCriteriaList([stream.cancelled]))
         if options.seed is not None:
             torch.manual_seed(options.seed)
         out = model.language_model.generate(**inputs, **options.generate_kwargs(), return_dict_in_generate=True,
@@ -356,20 +466,26 @@ class Host:
         new_tokens = out.sequences[:, input_ids.shape[1]:] if loaded.family.decoder_only else out.sequences[:, 1:]
         scores = self._scores(out, new_tokens, options)
         texts = loaded.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        ended = torch.isin(new_tokens, self._eos_ids(new_tokens.device)).any(dim=1).tolist()
         done = time.perf_counter()
         n = options.n
         for i, request in enumerate(batch):
-            candidates = [(self._text(request, texts[j]), float(scores[j])) for j in range(i * n, (i + 1) * n)]
+            candidates, reasons = [], []
+            for j in range(i * n, (i + 1) * n):
+                text, stopped = options.cut(texts[j])
+                candidates.append((self._text(request, text), float(scores[j])))
+                reasons.append("stop" if stopped or ended[j] else "length")
             if options.do_sample:
-                candidates.sort(key=lambda c: -c[1])
+                order = sorted(range(n), key=lambda k: -candidates[k][1])
+                candidates, reasons = [candidates[k] for k in order], [reasons[k] for k in order]
             timings = {**request.timings, "queue_s": started - request.queued, "encode_s": encoded - started,
                        "generate_s": done - encoded, "total_s": done - request.queued + request.timings.get("preprocess_s", 0.0)}
             result = Result(request.task, candidates[0][0], candidates[0][1], self.name, self.model_version,
-                            prompt=request.prompt, candidates=candidates, timings=timings)
+                            prompt=request.prompt, candidates=candidates, timings=timings, finish_reason=reasons[0])
             request.future.set_result(plugins.process_result(request.task, result))
 
-    def _encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image tokens, then the padded prompt, as ``Blip2Processor`` builds them.
+    def _encode_prompts(self, prompts: list[str], *, image: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens (unless ``image`` is false), then the padded prompt, as ``Blip2Processor`` builds them.
 
         Decoder-only models get left padding (generation continues from the last column). T5 gets
         right padding: its relative position buckets count pads lying between image and text
@@ -379,7 +495,8 @@ class Host:
         side = "left" if loaded.family.decoder_only else "right"
         text = loaded.processor.tokenizer(prompts, padding=True, padding_side=side, return_tensors="pt")
         rows = len(prompts)
-        image = torch.full((rows, loaded.num_query_tokens), loaded.image_token_id, dtype=text.input_ids.dtype)
+        queries = loaded.num_query_tokens if image else 0
+        image = torch.full((rows, queries), loaded.image_token_id, dtype=text.input_ids.dtype)
         input_ids = torch.cat([image, text.input_ids], dim=1).to(loaded.device)
         attention_mask = torch.cat([torch.ones_like(image), text.attention_mask], dim=1).to(loaded.device)
         return input_ids, attention_mask
@@ -394,12 +511,14 @@ class Host:
             return out.sequences_scores.float().exp().tolist()
         logits = torch.stack(out.logits, dim=1).float()
         logp = logits.log_softmax(-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        eos = self.loaded.model.language_model.generation_config.eos_token_id
-        eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=new_tokens.device)
-        is_eos = torch.isin(new_tokens, eos_ids).long()
+        is_eos = torch.isin(new_tokens, self._eos_ids(new_tokens.device)).long()
         valid = (is_eos.cumsum(dim=1) - is_eos) == 0
         mean = (logp * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
         return mean.exp().tolist()
+
+    def _eos_ids(self, device: torch.device) -> torch.Tensor:
+        eos = self.loaded.model.language_model.generation_config.eos_token_id
+        return torch.tensor(eos if isinstance(eos, list) else [eos], device=device)
 
     def _text(self, request: _Generate, generated: str) -> str:
         if request.task == "caption" and request.prompt and self.loaded.family.decoder_only:
@@ -419,3 +538,92 @@ def _failed(result: Result) -> Future[Result]:
     future: Future[Result] = Future()
     future.set_result(result)
     return future
+
+
+class TextStream:
+    """The text of one request, handed out in deltas while the host's worker generates it.
+
+    Iterate it (once) for the deltas; they join to ``result().text``, the text a non-streamed
+    request gives. Text that a later token could still change is held back: an incomplete
+    character, trailing spaces, and anything that may be the start of a stop string. Leaving the
+    iteration early (or :meth:`close`) stops the generation at the next token. ``process_result``
+    hooks see only the final result: a hook that rewrites the text is not reflected in the deltas.
+    """
+
+    def __init__(self, future: Future[Result], tokenizer: Any, finish: Callable[[str], str], stop: tuple[str, ...]) -> None:
+        self._future = future
+        self._tokens: queue.Queue[list[int] | None] = queue.Queue()
+        self._tokenizer = tokenizer
+        self._finish = finish
+        self._stop = stop
+        self._cancel = threading.Event()
+        self.streamer = _QueueStreamer(self._tokens)
+        self.cancelled = _Cancelled(self._cancel)
+        future.add_done_callback(lambda _: self._tokens.put(None))
+
+    def __iter__(self) -> Iterator[str]:
+        ids: list[int] = []
+        sent = ""
+        try:
+            while (chunk := self._tokens.get()) is not None:
+                ids.extend(chunk)
+                text = self._finish(self._settled(self._tokenizer.decode(ids, skip_special_tokens=True)))
+                if len(text) > len(sent) and text.startswith(sent):
+                    yield text[len(sent):]
+                    sent = text
+            final = self.result().text or ""
+            if len(final) > len(sent) and final.startswith(sent):
+                yield final[len(sent):]
+        finally:
+            self._cancel.set()
+
+    def result(self, timeout: float | None = None) -> Result:
+        """The final result, once generation is over; raises :class:`Blip2Error` if it failed."""
+        result = self._future.result(timeout)
+        if not result.ok:
+            raise Blip2Error(result.error)
+        return result
+
+    def close(self) -> None:
+        """Stop the generation at the next token (the result keeps the text generated so far)."""
+        self._cancel.set()
+
+    def _settled(self, raw: str) -> str:
+        """The part of the raw generated text that later tokens cannot change."""
+        found = [i for i in (raw.find(s) for s in self._stop) if i >= 0]
+        if found:
+            return raw[: min(found)]
+        keep = len(raw)
+        for stop in self._stop:  # the longest end of ``raw`` that begins a stop string
+            for size in range(min(len(stop) - 1, len(raw)), 0, -1):
+                if raw.endswith(stop[:size]):
+                    keep = min(keep, len(raw) - size)
+                    break
+        return raw[:keep].rstrip("\ufffd").rstrip()
+
+
+class _QueueStreamer(BaseStreamer):
+    """Hands each step's new token ids to a queue; skips the prompt ``generate`` puts first."""
+
+    def __init__(self, tokens: queue.Queue[list[int] | None]) -> None:
+        self._tokens = tokens
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._tokens.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        """Nothing to flush: the stream ends when the request's future is done."""
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops generation once the stream's reader has gone away."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool, device=input_ids.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from typing import Any
 import torch
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from .errors import ModelLoadError
+from . import artifacts
+from .errors import ModelLoadError, StoreError
 from .families import Family, family_of
 from .plugins import model_presets
 from .types import ModelPreset
@@ -36,6 +38,10 @@ class LoadedModel:
     version: str
     device: torch.device
     dtype: torch.dtype
+    adapter: artifacts.Attached | None = None
+
+    def __post_init__(self) -> None:
+        self.base_version = self.version
 
     @property
     def image_token_id(self) -> int:
@@ -212,14 +218,44 @@ def _digest(folder: Path) -> str:
     return digest.hexdigest()[:10]
 
 
-def attach_adapter(loaded: LoadedModel, adapter: str) -> None:
-    """Load a PEFT (LoRA) adapter folder onto the model and make its digest the model version."""
-    folder = Path(adapter).expanduser()
-    if not (folder / "adapter_config.json").is_file():
-        raise ModelLoadError(f"adapter {adapter!r}: not a PEFT adapter folder (no adapter_config.json)")
+def find_adapter(loaded: LoadedModel, adapter: str) -> str:
+    """The folder of ``adapter``: itself when it is a folder, else ``NAME[@VERSION]`` in the default store."""
+    if Path(adapter).expanduser().is_dir() or "/" in adapter or adapter.startswith((".", "~")):
+        return adapter
+    from .store import AdapterStore
+
     try:
-        loaded.model.load_adapter(str(folder), adapter_name=folder.name)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"adapter {adapter!r} does not fit model {loaded.preset.name!r}: {exc}") from None
+        return AdapterStore().resolve(loaded.preset.name, adapter).path
+    except StoreError as exc:
+        raise ModelLoadError(f"adapter {adapter!r}: no such folder, and not in the adapter store: {exc}") from None
+
+
+def attach_adapter(loaded: LoadedModel, adapter: str) -> None:
+    """Attach an adapter folder (LoRA or trained weights, see :mod:`artifacts`) to the model,
+    replacing the one attached before, and make its digest part of the model version.
+
+    When the new adapter cannot be attached the previous one is put back, and the error raised.
+    """
+    folder = Path(adapter).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"adapter {adapter!r}: no such folder")
+    artifacts.kind_of(folder)
+    previous = loaded.adapter
+    detach_adapter(loaded)
+    digest = _digest(folder)
+    try:
+        loaded.adapter = artifacts.attach(loaded.model, folder, name=re.sub(r"\W", "_", f"{folder.name}_{digest}"))
+    except Exception:
+        if previous is not None:
+            attach_adapter(loaded, str(previous.folder))
+        raise
     loaded.model.eval()
-    loaded.version = f"{loaded.preset.name}+{folder.name}@{_digest(folder)}"
+    loaded.version = f"{loaded.preset.name}+{folder.name}@{digest}"
+
+
+def detach_adapter(loaded: LoadedModel) -> None:
+    """Remove the attached adapter, if any: the base model serves again."""
+    if loaded.adapter is not None:
+        loaded.adapter.detach()
+        loaded.adapter = None
+    loaded.version = loaded.base_version

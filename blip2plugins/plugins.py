@@ -21,7 +21,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .types import ImageSource, ModelPreset, Result, ServingAdapter
+from .types import AdapterVersion, ImageSource, ModelPreset, Result, ServingAdapter
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 ENV_ALLOW = "BLIP2_PLUGINS"
@@ -31,6 +31,8 @@ DEFAULT_PLUGINS = (
     "blip2plugins.default_sources",
     "blip2plugins.commands",
     "blip2plugins.demo.commands",
+    "blip2plugins.training.commands",
+    "blip2plugins.adapter_commands",
 )
 
 
@@ -189,6 +191,13 @@ def process_result(task: str, result: Result) -> Result:
         if new is not None:
             result = new
     return result
+
+
+def notify(event: str, adapter: AdapterVersion) -> None:
+    """Fire an adapter event hook (``training_finished`` or ``adapter_promoted``) on every plugin."""
+    if event not in ("training_finished", "adapter_promoted"):
+        raise ValueError(f"unknown adapter event {event!r}")
+    getattr(get_plugin_manager().hook, event)(adapter=adapter)
 
 
 def plugin_info() -> list[PluginInfo]:

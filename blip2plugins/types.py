@@ -79,7 +79,16 @@ class ServingAdapter:
 
 @dataclass(frozen=True)
 class AdapterVersion:
-    """One trained adapter (LoRA or Q-Former weights) in an adapter store."""
+    """One trained adapter version in an adapter store (:mod:`blip2plugins.store`).
+
+    ``name`` is the adapter's name (several lines of adapters can share a base model), ``version``
+    its version id (``"v0003"``), ``path`` the version's folder, ``method`` how it was trained
+    (``"lora"``, ``"qformer"``, ``"full"``), ``base_model`` the model it applies to. ``metrics`` are its
+    held-out metrics, ``dataset`` the fingerprint of the data it was trained on, ``parent`` the
+    version it was trained from (if any), ``created`` an ISO 8601 UTC time, and ``status`` one of
+    ``"candidate"`` (stored, not judged), ``"promoted"`` (passed the gate, or promoted by hand) or
+    ``"refused"`` (failed the gate); ``reason`` says why.
+    """
 
     name: str
     version: str
@@ -87,6 +96,11 @@ class AdapterVersion:
     method: str
     base_model: str
     metrics: Mapping[str, float] = field(default_factory=dict)
+    dataset: str = ""
+    parent: str | None = None
+    created: str = ""
+    status: str = "candidate"
+    reason: str = ""
 
 
 @dataclass
@@ -96,6 +110,8 @@ class Result:
     ``text`` is the best output and ``score`` its confidence: the geometric mean of the model's
     probabilities of the generated tokens (``exp`` of the mean token log-probability, end-of-text
     included), in (0, 1]. ``candidates`` holds every returned sequence with its score (``n`` > 1).
+    ``finish_reason`` is ``"stop"`` when the model ended the text (end of text or a stop string) and
+    ``"length"`` when it ran out of new tokens.
     When the item failed, ``text`` and ``score`` are ``None`` and ``error`` says why.
     """
 
@@ -108,6 +124,7 @@ class Result:
     candidates: list[tuple[str, float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    finish_reason: str | None = None
 
     @property
     def ok(self) -> bool:

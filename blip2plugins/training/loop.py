@@ -1,19 +1,27 @@
 """The training loop: AdamW with warmup and a decaying schedule, on :class:`accelerate.Accelerator`.
 
 Runs unchanged on one process or under ``accelerate launch`` (each process takes its shard of
-every batch; ``steps`` counts optimizer steps). Seeded: the same seed, data and config give the
-same weights.
+every batch; ``steps`` counts optimizer steps, each of ``grad_accum`` micro-batches). Seeded: the
+same seed, data and config give the same weights. With ``checkpoint_dir`` it saves the trainable
+weights, optimizer, schedule, data position and random state every ``checkpoint_every`` steps
+(atomically: a killed run leaves the previous checkpoint) and ``resume=True`` continues from the
+latest one, to the same weights an uninterrupted run reaches.
 
     report = train(model, processor, examples, TrainConfig(steps=2000, lr=1e-3, batch_size=64))
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import random
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -25,14 +33,23 @@ from ..families import Family, family_of
 from .collate import Collator, Example
 from .methods import apply_method, count_parameters
 
+EvalFn = Callable[[torch.nn.Module], Mapping[str, float]]
+_STATE = "trainer_state.json"
+
 
 @dataclass
 class TrainConfig:
-    """How to train. ``warmup`` is a number of steps; ``schedule`` decays the rate after it."""
+    """How to train. ``warmup`` is a number of steps; ``schedule`` decays the rate after it.
+
+    ``batch_size`` is per micro-batch and process: an optimizer step sees
+    ``batch_size * grad_accum * processes`` examples. The ``lora_*`` fields apply to ``method="lora"``
+    (see :mod:`blip2plugins.training.methods`).
+    """
 
     method: str = "full"
     steps: int = 1000
     batch_size: int = 32
+    grad_accum: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
@@ -43,12 +60,37 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 50
     progress: bool = True  # a progress bar on stderr, when it is a terminal
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_mlp: bool = False
+    lora_targets: tuple[str, ...] | None = None
+    lora_extra: tuple[str, ...] = ()
+    lora_modules_to_save: tuple[str, ...] = ()
+    lora_token_ids: tuple[int, ...] = ()  # embedding rows to train (and save) with the adapter: new words
+    eval_every: int = 0  # 0: evaluate only at the end (when an eval function is given)
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if (self.resume or self.checkpoint_every) and not self.checkpoint_dir:
+            raise ValueError("resume and checkpoint_every need checkpoint_dir")
 
 
 @dataclass
 class TrainReport:
-    """What a run did: parameter counts, time, and the mean loss of every ``log_every`` steps."""
+    """What a run did: parameter counts, time, the mean loss of every ``log_every`` steps and the evals."""
 
     method: str
     steps: int
@@ -57,6 +99,8 @@ class TrainReport:
     total_params: int
     seconds: float
     losses: list[tuple[int, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
 
     @property
     def first_loss(self) -> float:
@@ -65,6 +109,9 @@ class TrainReport:
     @property
     def final_loss(self) -> float:
         return self.losses[-1][1] if self.losses else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -88,15 +135,18 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 
 
 def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], config: TrainConfig,
-          *, family: Family | str | None = None) -> TrainReport:
+          *, family: Family | str | None = None, eval_fn: EvalFn | None = None) -> TrainReport:
     """Train ``model`` in place on ``examples`` (a sequence of :class:`Example`) and report.
 
-    ``family`` defaults to the one of the model's language model. The model is left in eval mode.
+    ``model`` may already be prepared by :func:`~blip2plugins.training.apply_method` (to keep the
+    LoRA wrapper for saving). ``family`` defaults to the one of the model's language model.
+    ``eval_fn(model)`` (run on the main process, in eval mode) is called every ``eval_every`` steps
+    and at the end; its metrics land in ``report.evals``. The model is left in eval mode.
     """
     if family is None:
         family = family_of(model.config.text_config.model_type)
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(config.seed)
@@ -115,38 +165,139 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     params = [p for p in model.parameters() if p.requires_grad]
 
+    report = TrainReport(config.method, 0, 0, trainable, total, 0.0)
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if config.resume:
+        restored = _load_checkpoint(config, accelerator, model, optimizer, scheduler)
+        if restored is not None:
+            step, epoch, batch_in_epoch = restored["step"], restored["epoch"], restored["batch_in_epoch"]
+            report.losses = [tuple(x) for x in restored["losses"]]  # type: ignore[misc]
+            report.evals, report.examples_seen = restored["evals"], restored["examples_seen"]
+            report.resumed_from = step
+            accelerator.print(f"resumed from step {step} in {config.checkpoint_dir}", file=sys.stderr)
+
     model.train()
-    losses: list[tuple[int, float]] = []
     window: list[float] = []
-    step, epoch, seen = 0, 0, 0
+    micro = 0
     start = time.perf_counter()
-    bar = tqdm(total=config.steps, desc=f"train {config.method}", file=sys.stderr, dynamic_ncols=True,
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.method}", file=sys.stderr, dynamic_ncols=True,
                disable=not (config.progress and accelerator.is_local_main_process and sys.stderr.isatty()))
     while step < config.steps:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
-        for batch in loader:
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            seen += batch["input_ids"].shape[0] * accelerator.num_processes
+        batches = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
+        for batch in batches:
+            batch_in_epoch += 1
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            report.examples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
             window.append(accelerator.gather(loss.detach()[None]).mean().item())
-            if len(window) == config.log_every or step == config.steps:
-                losses.append((step, sum(window) / len(window)))
-                bar.set_postfix(loss=f"{losses[-1][1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                window = []
+            micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
             bar.update(1)
+            if len(window) >= config.log_every * config.grad_accum or step == config.steps:
+                report.losses.append((step, sum(window) / len(window)))
+                bar.set_postfix(loss=f"{report.losses[-1][1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                window = []
+            if eval_fn is not None and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
+                report.evals.append(_evaluate(accelerator, model, eval_fn, step))
+            if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
+                _save_checkpoint(config, accelerator, model, optimizer, scheduler, report,
+                                 {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch})
             if step >= config.steps:
                 break
-        epoch += 1
+        else:
+            epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
-    seconds = time.perf_counter() - start
+    report.steps = step
+    report.seconds = time.perf_counter() - start
     model = accelerator.unwrap_model(model)
     model.eval()
     accelerator.free_memory()
-    return TrainReport(config.method, step, seen, trainable, total, seconds, losses)
+    return report
+
+
+def _evaluate(accelerator: Accelerator, model: torch.nn.Module, eval_fn: EvalFn, step: int) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    if accelerator.is_main_process:
+        inner = accelerator.unwrap_model(model)
+        inner.eval()
+        metrics = {k: float(v) for k, v in eval_fn(inner).items()}
+        inner.train()
+    accelerator.wait_for_everyone()
+    return {"step": step, **metrics}
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(config: TrainConfig, accelerator: Accelerator, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, scheduler: Any, report: TrainReport,
+                     position: dict[str, int]) -> None:
+    """Write ``checkpoint_dir/step-N`` via a temporary folder and a rename; keep only the newest."""
+    root = Path(config.checkpoint_dir)  # type: ignore[arg-type]
+    final = root / f"step-{position['step']:08d}"
+    tmp = root / f".tmp-step-{position['step']:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rank = accelerator.process_index
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / f"rng-{rank}.pt")
+    if accelerator.is_main_process:
+        inner = accelerator.unwrap_model(model)
+        torch.save(_trainable_state(inner), tmp / "trainable.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        state = {**position, "losses": report.losses, "evals": report.evals, "examples_seen": report.examples_seen,
+                 "method": config.method}
+        (tmp / _STATE).write_text(json.dumps(state))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for name in os.listdir(tmp):
+            with open(tmp / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.rename(tmp, final)
+        for old in root.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint folder in ``checkpoint_dir``, if any."""
+    done = sorted(p for p in Path(checkpoint_dir).glob("step-*") if (p / _STATE).is_file())
+    return done[-1] if done else None
+
+
+def _load_checkpoint(config: TrainConfig, accelerator: Accelerator, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any] | None:
+    folder = latest_checkpoint(config.checkpoint_dir)  # type: ignore[arg-type]
+    if folder is None:
+        return None
+    state = json.loads((folder / _STATE).read_text())
+    if state.get("method") != config.method:
+        raise ValueError(f"checkpoint {folder} was made by method {state.get('method')!r}, not {config.method!r}")
+    inner = accelerator.unwrap_model(model)
+    weights = torch.load(folder / "trainable.pt", map_location="cpu")
+    params = dict(inner.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rng_file = folder / f"rng-{accelerator.process_index}.pt"
+    if rng_file.is_file():
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+    return state

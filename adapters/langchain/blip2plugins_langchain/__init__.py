@@ -1,0 +1,25 @@
+"""blip2plugins-langchain: BLIP-2 for LangChain, served by a shared blip2plugins host.
+
+* :class:`ChatBlip2`: a chat model whose prompt is the conversation and whose eyes are its latest image.
+* :class:`CaptionImageTool`, :class:`AskImageTool` and :class:`Blip2Toolkit`: BLIP-2 as tools for agents.
+
+Loaded lazily: the ``blip2`` command imports this package's plugin without paying for LangChain.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .chat_models import ChatBlip2
+    from .tools import AskImageTool, Blip2Toolkit, CaptionImageTool
+
+__all__ = ["AskImageTool", "Blip2Toolkit", "CaptionImageTool", "ChatBlip2"]
+_WHERE = {"ChatBlip2": "chat_models", "AskImageTool": "tools", "Blip2Toolkit": "tools", "CaptionImageTool": "tools"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

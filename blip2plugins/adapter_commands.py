@@ -1,0 +1,121 @@
+"""Default plugin: ``blip2 adapters list|promote|rollback``, over an adapter store (:mod:`blip2plugins.store`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from .commands import _options, _table
+from .errors import StoreError
+from .hookspecs import hookimpl
+from .store import ENV_STORE, AdapterStore
+from .types import AdapterVersion
+
+store_option = click.option(
+    "--store", type=click.Path(file_okay=False, path_type=Path), envvar=ENV_STORE, show_envvar=True,
+    help="Adapter store folder.  [default: the user cache, ~/.cache/blip2plugins/adapters on Linux]",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+adapter_options = _options(
+    click.option("--name", required=True, metavar="NAME", help="The adapter's name."),
+    click.option("--model", required=True, metavar="NAME", help="The base model it applies to."),
+    store_option, json_option,
+)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Store errors (and file-system errors) as one ``blip2: reason`` line and exit status 1."""
+    try:
+        yield
+    except (StoreError, OSError) as exc:
+        click.echo(f"blip2: {exc}", err=True)
+        sys.exit(1)
+
+
+def _record(adapter: AdapterVersion, current: bool) -> dict[str, Any]:
+    return {**dataclasses.asdict(adapter), "current": current}
+
+
+def _metrics(adapter: AdapterVersion) -> str:
+    return " ".join(f"{key}={value:.4g}" for key, value in sorted(adapter.metrics.items())) or "-"
+
+
+@click.group()
+def adapters() -> None:
+    """Fine-tuned adapter versions: list them, choose the one served, roll back."""
+
+
+@adapters.command("list")
+@store_option
+@click.option("--model", metavar="NAME", help="Only the adapters of this base model.")
+@click.option("--name", metavar="NAME", help="Only the adapter of this name.")
+@json_option
+def list_command(store: Path | None, model: str | None, name: str | None, as_json: bool) -> None:
+    """List adapter versions, oldest first; `*` marks the version each adapter serves."""
+    with _errors():
+        adapter_store = AdapterStore(store)
+        pairs = adapter_store.names(model)
+        if name is not None:
+            if name not in {adapter for _, adapter in pairs}:
+                known = ", ".join(sorted({adapter for _, adapter in pairs})) or "none"
+                where = f"base model {model!r}" if model is not None else "any base model"
+                raise StoreError(f"no adapter {name!r} for {where} in {adapter_store.root} (adapters: {known})")
+            pairs = [pair for pair in pairs if pair[1] == name]
+        rows: list[tuple[AdapterVersion, bool]] = []
+        for base_model, adapter in pairs:
+            try:
+                current = adapter_store.current(base_model, adapter)
+            except StoreError as exc:  # a corrupt CURRENT hides the marker, not the listing
+                click.echo(f"blip2: warning: {exc}", err=True)
+                current = None
+            rows += [(version, current is not None and version.version == current.version)
+                     for version in adapter_store.versions(base_model, adapter)]
+    if as_json:
+        click.echo(json.dumps([_record(version, current) for version, current in rows], indent=2))
+    elif not rows:
+        click.echo(f"blip2: no adapters in {adapter_store.root}", err=True)
+    else:
+        _table(["", "MODEL", "NAME", "VERSION", "METHOD", "STATUS", "CREATED", "METRICS"], [
+            ["*" if current else "", v.base_model, v.name, v.version, v.method, v.status, v.created, _metrics(v)]
+            for v, current in rows
+        ])
+
+
+@adapters.command()
+@click.argument("version")
+@adapter_options
+def promote(version: str, name: str, model: str, store: Path | None, as_json: bool) -> None:
+    """Serve VERSION (v0003, or 3) of adapter NAME; the version served before can be rolled back to."""
+    with _errors():
+        adapter = AdapterStore(store).promote(model, name, version)
+    _report(adapter, as_json)
+
+
+@adapters.command()
+@adapter_options
+def rollback(name: str, model: str, store: Path | None, as_json: bool) -> None:
+    """Serve again the version of adapter NAME that was served before the current one."""
+    with _errors():
+        adapter = AdapterStore(store).rollback(model, name)
+    _report(adapter, as_json)
+
+
+def _report(adapter: AdapterVersion, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_record(adapter, True), indent=2))
+    else:
+        click.echo(f"{adapter.name} {adapter.version} of {adapter.base_model} is now current")
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(adapters)

@@ -1,0 +1,509 @@
+"""A versioned, atomic store of fine-tuned adapters, shared safely by several processes.
+
+Layout under the store's root::
+
+    .lock                              exclusive fcntl lock: version numbers, status and CURRENT changes
+    .tmp/<id>/  .tmp/<id>.lock         a version being written; its writer holds the lock file
+    <model slug>/MODEL.json            {"base_model": the original name}
+    <model slug>/<name>/CURRENT        {"current": "v0002", "previous": [...], "history": [...]}
+    <model slug>/<name>/v0001/         the artifact files (a PEFT folder, Q-Former weights...)
+    <model slug>/<name>/v0001/version.json   the AdapterVersion (less its path) and the file list
+
+A version appears complete or not at all: its folder is written under ``.tmp``, fsynced and renamed
+into place. ``version.json`` and ``CURRENT`` are replaced with ``os.replace`` after an fsync. Readers
+take no lock. POSIX only (``fcntl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from . import plugins
+from .errors import StoreError
+from .types import AdapterVersion
+
+log = logging.getLogger(__name__)
+
+ENV_STORE = "BLIP2_ADAPTER_STORE"
+STATUSES = ("candidate", "promoted", "refused")
+VERSION_FILE = "version.json"
+CURRENT_FILE = "CURRENT"
+MODEL_FILE = "MODEL.json"
+FORMAT = 1
+_TMP = ".tmp"
+_LOCK = ".lock"
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_VERSION_DIR = re.compile(r"v\d{4,}")
+_REQUIRED = ("name", "version", "method", "base_model")
+
+
+def default_root() -> Path:
+    """``$BLIP2_ADAPTER_STORE``, else ``blip2plugins/adapters`` in the user's cache folder."""
+    if os.environ.get(ENV_STORE):
+        return Path(os.environ[ENV_STORE]).expanduser()
+    if sys.platform == "darwin":
+        cache = Path.home() / "Library" / "Caches"
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "blip2plugins" / "adapters"
+
+
+def model_slug(base_model: str) -> str:
+    """The folder name of ``base_model``: readable, filesystem safe, and distinct for distinct names."""
+    readable = re.sub(r"[^a-z0-9._-]+", "-", base_model.lower()).strip("-._")[:48] or "model"
+    return f"{readable}-{hashlib.sha256(base_model.encode()).hexdigest()[:12]}"
+
+
+def version_id(version: str) -> str:
+    """The canonical id of a version given as ``"v0003"``, ``"v3"`` or ``"3"``."""
+    match = re.fullmatch(r"[vV]?(\d+)", str(version).strip())
+    if not match or int(match[1]) < 1:
+        raise StoreError(f"version {version!r} is not a version id like v0003")
+    return f"v{int(match[1]):04d}"
+
+
+class AdapterStore:
+    """Adapter versions under ``root`` (default: :func:`default_root`), keyed by base model and name."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_root()
+
+    # -- reading (no lock) -------------------------------------------------------------------
+
+    def names(self, base_model: str | None = None) -> list[tuple[str, str]]:
+        """``(base model, adapter name)`` of every adapter with versions (of ``base_model`` only if given)."""
+        if base_model is not None:
+            model_dir = self._model_dir(base_model)
+            if not model_dir.is_dir():
+                raise StoreError(f"no adapters for base model {base_model!r} in {self.root} "
+                                 f"(base models: {_listing(sorted({b for b, _ in self.names()}))})")
+            models = [(base_model, model_dir)]
+        else:
+            models = [(model, entry) for entry in _subfolders(self.root)
+                      if not entry.name.startswith(".") and (model := self._model_name(entry)) is not None]
+        return sorted((model, adapter_dir.name) for model, model_dir in models
+                      for adapter_dir in _subfolders(model_dir) if _version_dirs(adapter_dir))
+
+    def versions(self, base_model: str, name: str) -> list[AdapterVersion]:
+        """Every readable version, oldest first; a corrupt one is skipped with a logged warning."""
+        found = []
+        for folder in _version_dirs(self._existing_adapter(base_model, name)):
+            try:
+                found.append(_read_version(folder, base_model, name))
+            except StoreError as exc:
+                log.warning("skipping an adapter version: %s", exc)
+        return found
+
+    def get(self, base_model: str, name: str, version: str) -> AdapterVersion:
+        """One version (``"v0003"``, ``"v3"`` or ``"3"``)."""
+        vid = version_id(version)
+        folder = self._existing_adapter(base_model, name) / vid
+        if not folder.is_dir():
+            known = [entry.name for entry in _version_dirs(folder.parent)]
+            raise StoreError(f"adapter {name!r} of {base_model!r} has no version {vid} (versions: {_listing(known)})")
+        return _read_version(folder, base_model, name)
+
+    def latest(self, base_model: str, name: str) -> AdapterVersion | None:
+        """The newest readable version, whatever its status."""
+        versions = self.versions(base_model, name)
+        return versions[-1] if versions else None
+
+    def current(self, base_model: str, name: str) -> AdapterVersion | None:
+        """The version to serve, or None before any promotion (or any version). Reads two small files:
+        cheap to poll."""
+        folder = self._model_dir(base_model) / _check_name(name)
+        if not folder.is_dir():
+            return None
+        state = self._read_current(folder)
+        return None if state is None else self.get(base_model, name, state["current"])
+
+    # -- writing (under the store lock) ------------------------------------------------------
+
+    def resolve(self, base_model: str, ref: str) -> AdapterVersion:
+        """The version ``ref`` names: ``"NAME"`` (its current version) or ``"NAME@VERSION"``."""
+        name, _, version = ref.partition("@")
+        if version:
+            return self.get(base_model, name, version)
+        current = self.current(base_model, name)
+        if current is None:
+            self.versions(base_model, name)  # an unknown adapter: say which exist
+            raise StoreError(f"adapter {name!r} of {base_model!r} has no current version "
+                             f"(promote one, or name it as {name}@VERSION)")
+        return current
+
+    def add(self, base_model: str, name: str, write: Callable[[Path], object], *, method: str,
+            metrics: Mapping[str, float], dataset: str, parent: str | None = None) -> AdapterVersion:
+        """Store a new version: ``write(folder)`` writes its artifact files into an empty folder.
+
+        The version gets the next free id once its files are written and fsynced, and appears with one
+        rename. If ``write`` raises, its folder is removed and the exception propagates.
+        """
+        _check_name(name)
+        if not isinstance(method, str) or not method.strip():
+            raise StoreError(f"method must be a non-empty string, got {method!r}")
+        if not isinstance(dataset, str):
+            raise StoreError(f"dataset must be a string (a fingerprint), got {dataset!r}")
+        checked_metrics = _check_metrics(metrics)
+        if parent is not None:
+            parent = self.get(base_model, name, parent).version
+        try:
+            (self.root / _TMP).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"adapter store {self.root}: {exc.strerror}") from None
+        with self._locked():
+            self._collect_garbage()
+            folder = self.root / _TMP / uuid.uuid4().hex
+            owner = open(folder.with_name(folder.name + ".lock"), "w")
+            fcntl.flock(owner, fcntl.LOCK_EX)
+            folder.mkdir()
+        try:
+            write(folder)
+            files = _sync_tree(folder)
+            with self._locked():
+                adapter_dir = self._prepare(base_model, name)
+                number = max((int(entry.name[1:]) for entry in _version_dirs(adapter_dir)), default=0) + 1
+                vid = f"v{number:04d}"
+                adapter = AdapterVersion(
+                    name=name, version=vid, path=str(adapter_dir / vid), method=method, base_model=base_model,
+                    metrics=checked_metrics, dataset=dataset, parent=parent, created=_now(),
+                )
+                _write_json(folder / VERSION_FILE, {**_record(adapter), "files": files})
+                os.rename(folder, adapter_dir / vid)
+                _fsync_dir(adapter_dir)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            Path(owner.name).unlink(missing_ok=True)
+            owner.close()
+        return adapter
+
+    def judge(self, candidate: AdapterVersion, *, metric: str = "caption_exact_match", margin: float = 0.0,
+              higher_is_better: bool = True, baseline: float | None = None) -> AdapterVersion:
+        """The eval gate: promote ``candidate`` if its ``metric`` beats the current version's by ``margin``.
+
+        ``baseline`` is the metric of what is served now (the current version, or the base model when
+        there is none) measured on the candidate's own held-out set: a fairer comparison than the value
+        stored with the current version, which was measured on other data. Without it, and with no
+        current version, the candidate is promoted. Otherwise, or when the metric is missing, it
+        is stored as ``"refused"`` with a reason naming both values. Returns the updated version; the
+        current version itself is returned unchanged.
+        """
+        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin):
+            raise StoreError(f"margin must be a finite number, got {margin!r}")
+        base_model, name = candidate.base_model, candidate.name
+        self.get(base_model, name, candidate.version)  # unknown -> error before taking the lock
+        with self._locked():
+            adapter = self.get(base_model, name, candidate.version)
+            current = self.current(base_model, name)
+            if current is not None and current.version == adapter.version:
+                return adapter
+            passed, reason = _verdict(adapter, current, metric, margin, higher_is_better, baseline)
+            if passed:
+                judged = self._promote_locked(adapter, reason)
+            else:
+                judged = dataclasses.replace(adapter, status="refused", reason=reason)
+                _write_version(judged)
+        if passed:
+            plugins.notify("adapter_promoted", judged)
+        return judged
+
+    def promote(self, base_model: str, name: str, version: str, *, reason: str = "promoted by hand") -> AdapterVersion:
+        """Make ``version`` current (the previous one goes on the rollback history) and fire ``adapter_promoted``."""
+        self.get(base_model, name, version)
+        with self._locked():
+            promoted = self._promote_locked(self.get(base_model, name, version), reason)
+        plugins.notify("adapter_promoted", promoted)
+        return promoted
+
+    def rollback(self, base_model: str, name: str) -> AdapterVersion:
+        """Make the previously current version current again and fire ``adapter_promoted``."""
+        adapter_dir = self._existing_adapter(base_model, name)
+        with self._locked():
+            state = self._read_current(adapter_dir)
+            if state is None or not state["previous"]:
+                raise StoreError(f"adapter {name!r} of {base_model!r} has no previous version to roll back to")
+            restored = self.get(base_model, name, state["previous"].pop())
+            state["history"].append({"action": "rollback", "version": restored.version, "from": state["current"],
+                                     "at": _now()})
+            state["current"] = restored.version
+            _write_json(adapter_dir / CURRENT_FILE, state)
+        plugins.notify("adapter_promoted", restored)
+        return restored
+
+    def gc(self) -> list[Path]:
+        """Remove the temporary folders of writers that died; returns the folders removed."""
+        if not (self.root / _TMP).is_dir():
+            return []
+        with self._locked():
+            return self._collect_garbage()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / _LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
+    def _collect_garbage(self) -> list[Path]:
+        """With the store lock held: remove each temporary folder whose writer no longer holds its lock."""
+        tmp = self.root / _TMP
+        removed = []
+        for stem in sorted({entry.name.removesuffix(".lock") for entry in tmp.iterdir()}):
+            lock_path = tmp / f"{stem}.lock"
+            with open(lock_path, "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its writer is alive
+                folder = tmp / stem
+                if folder.is_dir():
+                    shutil.rmtree(folder)
+                    removed.append(folder)
+                lock_path.unlink()
+        if removed:
+            log.info("removed %d unfinished adapter version(s) from %s", len(removed), tmp)
+        return removed
+
+    def _model_dir(self, base_model: str) -> Path:
+        if not isinstance(base_model, str) or not base_model.strip():
+            raise StoreError(f"base model must be a non-empty string, got {base_model!r}")
+        return self.root / model_slug(base_model)
+
+    def _model_name(self, model_dir: Path) -> str | None:
+        """The base model a slug folder holds, or None (with a warning) if its MODEL.json is unreadable."""
+        try:
+            data = _read_json(model_dir / MODEL_FILE)
+            if not isinstance(data.get("base_model"), str) or model_slug(data["base_model"]) != model_dir.name:
+                raise StoreError(f"{model_dir / MODEL_FILE}: base_model does not match the folder name")
+        except StoreError as exc:
+            log.warning("skipping a base model: %s", exc)
+            return None
+        return data["base_model"]
+
+    def _existing_adapter(self, base_model: str, name: str) -> Path:
+        folder = self._model_dir(base_model) / _check_name(name)
+        if not folder.is_dir():
+            known = [adapter for _, adapter in self.names(base_model)]
+            raise StoreError(f"no adapter {name!r} for base model {base_model!r} in {self.root} "
+                             f"(adapters: {_listing(known)})")
+        return folder
+
+    def _prepare(self, base_model: str, name: str) -> Path:
+        """With the store lock held: the adapter's folder, created (with MODEL.json) if new."""
+        model_dir = self._model_dir(base_model)
+        model_dir.mkdir(exist_ok=True)
+        model_file = model_dir / MODEL_FILE
+        if not model_file.exists():
+            _write_json(model_file, {"base_model": base_model})
+        elif (stored := _read_json(model_file).get("base_model")) != base_model:
+            raise StoreError(f"{model_file}: holds base model {stored!r}, not {base_model!r}")
+        adapter_dir = model_dir / name
+        adapter_dir.mkdir(exist_ok=True)
+        return adapter_dir
+
+    def _read_current(self, adapter_dir: Path) -> dict[str, Any] | None:
+        path = adapter_dir / CURRENT_FILE
+        if not path.exists():
+            return None
+        state = _read_json(path)
+        previous = state.get("previous")
+        if not isinstance(state.get("current"), str) or not _VERSION_DIR.fullmatch(state["current"]):
+            raise StoreError(f"{path}: 'current' is not a version id")
+        if not isinstance(previous, list) or not all(isinstance(v, str) and _VERSION_DIR.fullmatch(v) for v in previous):
+            raise StoreError(f"{path}: 'previous' is not a list of version ids")
+        if not isinstance(state.get("history"), list):
+            raise StoreError(f"{path}: 'history' is not a list")
+        return state
+
+    def _promote_locked(self, adapter: AdapterVersion, reason: str) -> AdapterVersion:
+        """With the store lock held: mark ``adapter`` promoted and make it current."""
+        adapter_dir = Path(adapter.path).parent
+        state = self._read_current(adapter_dir) or {"current": None, "previous": [], "history": []}
+        promoted = dataclasses.replace(adapter, status="promoted", reason=reason)
+        if state["current"] not in (None, promoted.version):
+            state["previous"].append(state["current"])
+        state["current"] = promoted.version
+        state["history"].append({"action": "promote", "version": promoted.version, "at": _now(), "reason": reason})
+        _write_version(promoted)
+        try:
+            _write_json(adapter_dir / CURRENT_FILE, state)
+        except BaseException:
+            _write_version(adapter)  # not current after all: restore its status
+            raise
+        return promoted
+
+
+def _verdict(adapter: AdapterVersion, current: AdapterVersion | None, metric: str, margin: float,
+             higher_is_better: bool, baseline: float | None = None) -> tuple[bool, str]:
+    """Whether ``adapter`` passes the gate against ``current`` (or a measured ``baseline``), and why."""
+    value = adapter.metrics.get(metric)
+    if value is None:
+        return False, f"{adapter.version} has no metric {metric!r} (metrics: {_listing(sorted(adapter.metrics))})"
+    if baseline is not None:
+        base, against = baseline, f"{current.version if current else 'the base model'}'s (same held-out set)"
+    elif current is None:
+        return True, f"{metric} {value:g}, and no version was current"
+    else:
+        base, against = current.metrics.get(metric), f"current {current.version}'s"
+        if base is None:
+            return False, f"current {current.version} has no metric {metric!r} to compare with"
+    if higher_is_better:
+        passed = value >= base + margin
+        return passed, f"{metric} {value:g} {'>=' if passed else '<'} {against} {base:g} + margin {margin:g}"
+    passed = value <= base - margin
+    return passed, f"{metric} {value:g} {'<=' if passed else '>'} {against} {base:g} - margin {margin:g}"
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise StoreError(f"adapter name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return name
+
+
+def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    if not isinstance(metrics, Mapping):
+        raise StoreError(f"metrics must be a mapping of name to number, got {metrics!r}")
+    checked = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or not key:
+            raise StoreError(f"metric names must be non-empty strings, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise StoreError(f"metric {key!r} must be a finite number, got {value!r}")
+        checked[key] = float(value)
+    return checked
+
+
+def _record(adapter: AdapterVersion) -> dict[str, Any]:
+    """What ``version.json`` says about ``adapter``: every field but its path."""
+    fields = dataclasses.asdict(adapter)
+    del fields["path"]
+    return {"format": FORMAT, **fields}
+
+
+def _read_version(folder: Path, base_model: str, name: str) -> AdapterVersion:
+    """The version in ``folder``, checked field by field; StoreError naming its version.json if corrupt."""
+    path = folder / VERSION_FILE
+    data = _read_json(path)
+    fields: dict[str, Any] = {"path": str(folder)}
+    for field in dataclasses.fields(AdapterVersion):
+        if field.name == "path" or (field.name not in data and field.name not in _REQUIRED):
+            continue  # an optional field keeps its default
+        value = data.get(field.name)
+        if field.name == "metrics":
+            valid = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
+                                                    and not isinstance(v, bool) for k, v in value.items())
+        elif field.name == "parent":
+            valid = value is None or isinstance(value, str)
+        elif field.name == "status":
+            valid = value in STATUSES
+        else:
+            valid = isinstance(value, str)
+        if not valid:
+            raise StoreError(f"{path}: bad or missing {field.name!r}: {value!r}")
+        fields[field.name] = value
+    adapter = AdapterVersion(**fields)
+    if (adapter.base_model, adapter.name, adapter.version) != (base_model, name, folder.name):
+        raise StoreError(f"{path}: describes {adapter.name!r} {adapter.version} of {adapter.base_model!r}, "
+                         f"but lies in the folder of {name!r} {folder.name} of {base_model!r}")
+    return adapter
+
+
+def _write_version(adapter: AdapterVersion) -> None:
+    """Replace the fields of ``adapter``'s version.json atomically, keeping its other keys."""
+    path = Path(adapter.path) / VERSION_FILE
+    _write_json(path, {**_read_json(path), **_record(adapter)})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}: unreadable: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{path}: not a JSON object")
+    return data
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Replace ``path`` atomically: write a temporary file, fsync it, ``os.replace`` it, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, ensure_ascii=False)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _sync_tree(folder: Path) -> dict[str, int]:
+    """Fsync every file and folder ``write`` made; returns each file's relative path and size."""
+    files = {}
+    for dirpath, _, filenames in os.walk(folder):
+        for filename in filenames:
+            path = Path(dirpath, filename)
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+            files[path.relative_to(folder).as_posix()] = path.stat().st_size
+        _fsync_dir(Path(dirpath))
+    if VERSION_FILE in files:
+        raise StoreError(f"write() created {VERSION_FILE}, which the store writes itself")
+    if not files:
+        raise StoreError("write() wrote no files")
+    return dict(sorted(files.items()))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(Path(entry.path) for entry in os.scandir(folder) if entry.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _version_dirs(adapter_dir: Path) -> list[Path]:
+    """The version folders of an adapter, oldest first."""
+    found = [entry for entry in _subfolders(adapter_dir) if _VERSION_DIR.fullmatch(entry.name)]
+    return sorted(found, key=lambda entry: int(entry.name[1:]))
+
+
+def _listing(items: list[str]) -> str:
+    return ", ".join(items) or "none"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,100 @@
+"""Default plugin: ``blip2 train``, fine-tuning from caption / VQA files into the adapter store."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..hookspecs import hookimpl
+
+_METHODS = ("lora", "qformer", "full")
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    @cli.command("train")
+    @click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
+                  help="JSONL, CSV, COCO captions JSON or Label Studio JSON export (repeatable).")
+    @click.option("--method", type=click.Choice(_METHODS), default="lora", show_default=True,
+                  help="lora: adapters on the language model; qformer: Q-Former, queries and projection; full: everything.")
+    @click.option("--model", envvar="BLIP2_MODEL", default="demo", show_default=True, metavar="NAME|PATH",
+                  help="Base model: preset, checkpoint folder or hub id.")
+    @click.option("--store", type=click.Path(file_okay=False, path_type=Path), envvar="BLIP2_ADAPTER_STORE",
+                  help="Adapter store to add the new version to (default: BLIP2_ADAPTER_STORE or the user cache).")
+    @click.option("--name", default="default", show_default=True, help="Adapter name inside the store.")
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                  help="Write the artifact and report to this folder instead of a store.")
+    @click.option("--eval-split", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
+                  help="Fraction of images held out to measure the model before and after.")
+    @click.option("--metric", help="Gate metric (default: caption_exact_match, or vqa_accuracy without captions).")
+    @click.option("--margin", type=float, default=0.0, show_default=True,
+                  help="The new adapter must beat the current one by this much to be promoted.")
+    @click.option("--no-promote", is_flag=True, help="Store the new version without judging or promoting it.")
+    @click.option("--strict", is_flag=True, help="Fail on the first bad record instead of skipping it.")
+    @click.option("--steps", type=click.IntRange(1), default=300, show_default=True, help="Optimizer steps.")
+    @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Examples per micro-batch.")
+    @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True,
+                  help="Micro-batches per optimizer step.")
+    @click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1e-3, show_default=True,
+                  help="Peak learning rate.")
+    @click.option("--warmup", type=click.IntRange(0), default=30, show_default=True, help="Warmup steps.")
+    @click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine", show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--lora-rank", type=click.IntRange(1), default=8, show_default=True)
+    @click.option("--lora-alpha", type=click.IntRange(1), default=16, show_default=True)
+    @click.option("--lora-dropout", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
+    @click.option("--lora-mlp", is_flag=True, help="Also adapt the language model's MLP layers.")
+    @click.option("--lora-extra", multiple=True, metavar="REGEX",
+                  help="More LoRA targets, as full module-name regexes (e.g. 'qformer\\..*\\.(query|value)').")
+    @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+    @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+                  help="Save resumable checkpoints here.")
+    @click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Steps between checkpoints.")
+    @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")
+    @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+    def train_command(data: tuple[Path, ...], method: str, model: str, store: Path | None, name: str,
+                      out: Path | None, eval_split: float, metric: str | None, margin: float, no_promote: bool,
+                      strict: bool, device: str, as_json: bool, checkpoint_dir: Path | None, lora_extra: tuple[str, ...],
+                      **train_options: object) -> None:
+        """Fine-tune MODEL on labeled captions / answers and add the result to the adapter store.
+
+        The new version is measured on the held-out split against the one currently served and
+        promoted only if it is at least as good (see --metric, --margin). Runs unchanged under
+        `accelerate launch` on several processes or GPUs.
+        """
+        from ..errors import Blip2Error
+        from ..store import AdapterStore
+        from .data import read_dataset
+        from .finetune import FinetuneConfig, finetune
+        from .loop import TrainConfig
+
+        try:
+            train_config = TrainConfig(method=method, lora_extra=lora_extra, progress=True,
+                                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+                                       **train_options)  # type: ignore[arg-type]
+            config = FinetuneConfig(train=train_config, eval_split=eval_split, metric=metric, margin=margin,
+                                    promote=not no_promote)
+            dataset = read_dataset(list(data), strict=strict)
+            target = {"out": out} if out else {"store": AdapterStore(store)}
+            result = finetune(model, dataset, config, name=name, device=device,
+                              log=lambda line: click.echo(line, err=True), **target)
+        except (Blip2Error, ValueError, OSError) as exc:
+            click.echo(f"blip2: {exc}", err=True)
+            sys.exit(1)
+        if not result.report:  # not the main process
+            return
+        if as_json:
+            adapter = result.adapter
+            summary = {"adapter": None if adapter is None else {
+                "name": adapter.name, "version": adapter.version, "path": adapter.path, "status": adapter.status,
+                "reason": adapter.reason}, **{k: result.report[k] for k in ("model", "method", "metrics", "baseline")}}
+            click.echo(json.dumps(summary, indent=2))
+        elif result.adapter is not None:
+            click.echo(f"{result.adapter.name} {result.adapter.version}: {result.adapter.status} "
+                       f"({result.adapter.reason}) -> {result.adapter.path}")
+        else:
+            click.echo(f"wrote {out}")

@@ -1,0 +1,202 @@
+"""Fine-tune a BLIP-2 model on a caption / VQA dataset and store the result as an adapter version.
+
+The library entry point behind ``blip2 train`` and the Label Studio backend's retraining:
+
+    result = finetune("demo", "labels.jsonl", FinetuneConfig(TrainConfig(method="lora", steps=300)),
+                      store=AdapterStore("adapters"), name="team-words")
+    result.adapter.status  # "promoted" or "refused", result.adapter.reason says why
+
+Steps: read and check the data, split off a held-out set (grouped by image), measure the model
+currently served (the store's current version, else the base) on it, train, measure the new
+adapter on the same held-out set, write the artifact, ``report.json`` and ``curve.png`` as a new
+store version (``training_finished`` fires), then let the store's eval gate promote it (or refuse
+it, with the reason recorded; ``adapter_promoted`` fires on promotion). Under ``accelerate launch``
+every process trains; evaluation and storage run on the main process only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .. import artifacts, models, plugins
+from ..host import Host
+from ..store import AdapterStore
+from ..types import AdapterVersion
+from .data import CaptionDataset, read_dataset
+from .loop import TrainConfig, train
+from .methods import apply_method
+from .metrics import caption_metrics, vqa_accuracy
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass
+class FinetuneConfig:
+    """A run: how to train, how much to hold out, and the gate.
+
+    ``metric`` defaults to caption exact match when the held-out set has captions, else VQA
+    accuracy; a new adapter is promoted when its metric is at least the current one's plus
+    ``margin`` on the same held-out set.
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_split: float = 0.1
+    metric: str | None = None
+    margin: float = 0.0
+    promote: bool = True
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ValueError(f"eval_split must be in [0, 1), got {self.eval_split}")
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced: the stored version (``None`` off the main process) and the report."""
+
+    adapter: AdapterVersion | None
+    report: dict[str, Any]
+
+    @property
+    def promoted(self) -> bool:
+        return self.adapter is not None and self.adapter.status == "promoted"
+
+
+def evaluate(loaded: models.LoadedModel, held_out: CaptionDataset, *, batch_size: int = 32) -> dict[str, float]:
+    """Caption metrics (exact match, BLEU-4, CIDEr) and VQA accuracy of ``loaded`` on ``held_out``.
+
+    Each image is captioned once and scored against every accepted caption of it; each question
+    is asked once and scored against every accepted answer. Runs through the host, as served.
+    """
+    captions: dict[str, list[str]] = defaultdict(list)
+    answers: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for record in held_out:
+        if record.question is None:
+            captions[record.image].append(record.target)
+        else:
+            answers[(record.image, record.question)].append(record.target)
+    metrics: dict[str, float] = {"n_captions": float(len(captions)), "n_questions": float(len(answers))}
+    with Host(loaded, max_batch_size=batch_size) as host:
+        if captions:
+            images = list(captions)
+            got = [r.text or "" for r in host.caption(images)]
+            scores = caption_metrics(got, [captions[i] for i in images])
+            metrics.update({f"caption_{k}" if k == "exact_match" else k: v for k, v in scores.items()})
+        if answers:
+            pairs = list(answers)
+            got = [r.text or "" for r in host.ask([i for i, _ in pairs], [q for _, q in pairs])]
+            metrics["vqa_accuracy"] = vqa_accuracy(got, [answers[p] for p in pairs])
+    return metrics
+
+
+def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path], config: FinetuneConfig, *,
+             store: AdapterStore | str | Path | None = None, name: str = "default", out: str | Path | None = None,
+             device: str = "auto", log: Log = _stderr) -> FinetuneResult:
+    """Train an adapter of ``config.train.method`` for ``model`` on ``data``; store and gate it.
+
+    Give ``store`` (an :class:`AdapterStore` or its folder) to version and gate the result, or
+    ``out`` to just write the artifact and report to a folder.
+    """
+    if (store is None) == (out is None):
+        raise ValueError("give exactly one of store= or out=")
+    started = time.perf_counter()
+    dataset = data if isinstance(data, CaptionDataset) else read_dataset(data)
+    dataset = dataset.check_images()
+    if len(dataset) == 0:
+        raise ValueError(f"no usable training records: {dataset.summary()}")
+    train_set, held_out = dataset.split(config.eval_split, seed=config.train.seed)
+    loaded = models.load(model, device=device, dtype="float32")
+    main = _is_main_process(cpu=loaded.device.type == "cpu")
+    if not main:
+        log = _quiet
+    log(dataset.summary())
+    base_model = loaded.preset.name
+    store = AdapterStore(store) if isinstance(store, (str, Path)) else store
+    current = store.current(base_model, name) if store is not None else None
+
+    baseline: dict[str, float] = {}
+    if main and len(held_out):
+        if current is not None:
+            models.attach_adapter(loaded, current.path)
+        baseline = evaluate(loaded, held_out, batch_size=config.eval_batch_size)
+        models.detach_adapter(loaded)
+        log(f"held-out before training ({current.version if current else 'base model'}): {_show(baseline)}")
+
+    trainee = apply_method(loaded.model, config.train)
+    inner = trainee.get_base_model() if hasattr(trainee, "get_base_model") else trainee
+    probe = dataclasses.replace(loaded, model=inner)
+
+    def eval_fn(_: torch.nn.Module) -> dict[str, float]:
+        return evaluate(probe, held_out, batch_size=config.eval_batch_size) if len(held_out) else {}
+
+    report = train(trainee, loaded.processor, train_set.examples(loaded.family), config.train,
+                   family=loaded.family, eval_fn=eval_fn)
+    final = report.evals[-1] if report.evals else {}
+    metrics = {k: v for k, v in final.items() if k != "step"}
+    log(f"held-out after training: {_show(metrics)}")
+    if not main:
+        return FinetuneResult(None, {})
+    facts: dict[str, Any] = {
+        "model": base_model, "model_version": loaded.base_version, "method": config.train.method,
+        "config": {**dataclasses.asdict(config.train), "eval_split": config.eval_split},
+        "dataset": {"fingerprint": dataset.fingerprint(), "summary": dataset.summary(), "train": len(train_set),
+                    "held_out": len(held_out), "skipped": [dataclasses.asdict(p) for p in dataset.skipped[:50]],
+                    "duplicates": dataset.duplicates},
+        "baseline": baseline, "baseline_version": current.version if current else None,
+        "metrics": metrics, "train": report.to_dict(),
+    }
+
+    def write(folder: Path) -> None:
+        artifacts.save(trainee, config.train.method, folder, base_model=loaded.preset.source)
+        _write_report(facts, folder)
+
+    if store is None:
+        folder = Path(out)  # type: ignore[arg-type]
+        write(folder)
+        facts["seconds"] = round(time.perf_counter() - started, 1)
+        return FinetuneResult(None, facts)
+    adapter = store.add(base_model, name, write, method=config.train.method, metrics=metrics,
+                        dataset=facts["dataset"]["fingerprint"], parent=current.version if current else None)
+    plugins.notify("training_finished", adapter)
+    if config.promote:
+        metric = config.metric or ("caption_exact_match" if "caption_exact_match" in metrics else "vqa_accuracy")
+        adapter = store.judge(adapter, metric=metric, margin=config.margin, baseline=baseline.get(metric))
+        log(f"{adapter.version}: {adapter.status} ({adapter.reason})")
+    facts["seconds"] = round(time.perf_counter() - started, 1)
+    return FinetuneResult(adapter, facts)
+
+
+def _quiet(message: str) -> None:
+    """The log of processes other than the main one."""
+
+
+def _is_main_process(*, cpu: bool) -> bool:
+    """Whether this is the main process; sets up the distributed state (gloo on CPU) on first use."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu).is_main_process
+
+
+def _show(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if not k.startswith("n_")) or "nothing to measure"
+
+
+def _write_report(facts: dict[str, Any], folder: Path) -> None:
+    (folder / "report.json").write_text(json.dumps(facts, indent=1, default=str))
+    from .plot import plot_curves
+
+    plot_curves({"losses": facts["train"]["losses"], "evals": facts["train"]["evals"]}, folder / "curve.png")
