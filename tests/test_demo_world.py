@@ -164,6 +164,7 @@ def test_demo_train_command_writes_a_loadable_model_and_card(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 6 minutes on an idle 2-core machine; far more when it is shared
 def test_the_recipe_reaches_the_bar(tmp_path) -> None:
     from blip2plugins.demo.recipe import train_demo
 
