@@ -75,6 +75,7 @@ class Attached:
         if self.kind == "lora":
             for layer in _lora_layers(self.model):
                 layer.delete_adapter(self.name)
+            _unwrap_auxiliary(self.model)
             getattr(self.model, "peft_config", {}).pop(self.name, None)
             return
         params = dict(self.model.named_parameters())
@@ -88,6 +89,19 @@ def _lora_layers(model: torch.nn.Module) -> list[Any]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _unwrap_auxiliary(model: torch.nn.Module) -> None:
+    """Put back the modules peft wrapped for trained token rows or ``modules_to_save``: deleting the
+    adapter from the LoRA layers leaves those wrappers with stale state, and the next attach fails."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.unload_and_optionally_merge_module(merge=False, safe_merge=False,
+                                                                             adapter_names=None))
 
 
 def attach(model: Any, folder: str | Path, *, name: str | None = None) -> Attached:

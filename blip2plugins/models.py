@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,19 @@ def _drop_cast_notice(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
 
 
+_LOAD_LOCK = threading.Lock()  # concurrent from_pretrained calls corrupt each other ("copy out of meta tensor")
+
+
 def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str | None = None) -> LoadedModel:
-    """Load ``model`` (preset, folder or hub id) and check that model and processor agree."""
+    """Load ``model`` (preset, folder or hub id) and check that model and processor agree.
+
+    Safe to call from several threads: loads run one at a time.
+    """
+    with _LOAD_LOCK:
+        return _load(model, device=device, dtype=dtype, quantize=quantize)
+
+
+def _load(model: str, *, device: str, dtype: str, quantize: str | None) -> LoadedModel:
     preset = resolve(model)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)

@@ -1,11 +1,45 @@
 #!/usr/bin/env bash
-# Create .venv and install blip2plugins with its test extras, and the LangChain adapter. Idempotent.
-# TORCH_SPEC picks the torch build: the default is the CPU wheel; for CUDA, e.g.
+# Create .venv and install blip2plugins with its test extras, and the LangChain and Label Studio adapters.
+# Idempotent. TORCH_SPEC picks the torch build: the default is the CPU wheel; for CUDA, e.g.
 #   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
+#
+#   --with-label-studio   also make the real Label Studio server's own virtual environment (for the slow
+#                         tier's end-to-end tests), cached in $BLIP2_LS_VENV
+#                         (default ~/.cache/blip2plugins/label-studio-venv); reused while its version matches
+#   --label-studio-only   only that environment
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-# shellcheck disable=SC2086
-.venv/bin/python -m pip install -q --disable-pip-version-check ${TORCH_SPEC:-torch==2.13.0}
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,quantization]"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e "adapters/langchain[test]"
+
+LABEL_STUDIO_VERSION=1.23.2
+LS_VENV="${BLIP2_LS_VENV:-$HOME/.cache/blip2plugins/label-studio-venv}"
+project=1
+label_studio=0
+case "${1:-}" in
+  --with-label-studio) label_studio=1 ;;
+  --label-studio-only) label_studio=1; project=0 ;;
+  "") ;;
+  *) echo "usage: bash scripts/setup.sh [--with-label-studio | --label-studio-only]" >&2; exit 2 ;;
+esac
+
+pip_install() { "$1" -m pip install -q --disable-pip-version-check "${@:2}"; }
+
+if [ "$project" = 1 ]; then
+  python3 -m venv .venv
+  # shellcheck disable=SC2086
+  pip_install .venv/bin/python ${TORCH_SPEC:-torch==2.13.0}
+  pip_install .venv/bin/python -e ".[test,quantization]"
+  pip_install .venv/bin/python -e "adapters/langchain[test]"
+  pip_install .venv/bin/python -e "adapters/label-studio[test]"
+fi
+
+if [ "$label_studio" = 1 ]; then
+  stamp="$LS_VENV/.blip2-label-studio-$LABEL_STUDIO_VERSION"
+  if [ ! -f "$stamp" ]; then
+    echo "setup: installing Label Studio $LABEL_STUDIO_VERSION into $LS_VENV (about a minute, once)" >&2
+    rm -rf "$LS_VENV"
+    mkdir -p "$(dirname "$LS_VENV")"
+    python3 -m venv "$LS_VENV"
+    pip_install "$LS_VENV/bin/python" "label-studio==$LABEL_STUDIO_VERSION"
+    touch "$stamp"
+  fi
+fi

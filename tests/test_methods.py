@@ -201,3 +201,25 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path) -> None:
     (tmp_path / "step-00000004" / "trainer_state.json").write_text("{}")
     (tmp_path / "step-00000007").mkdir()  # no state file: incomplete
     assert latest_checkpoint(tmp_path).name == "step-00000004"
+
+
+def test_token_rows_train_in_and_out_and_survive_detach_and_reattach(tiny_opt, tmp_path) -> None:
+    """A new word needs its rows in the input embeddings and the output layer (not tied by peft here)."""
+    loaded = models.load(str(tiny_opt))
+    ids = tuple(loaded.processor.tokenizer(" tile", add_special_tokens=False).input_ids)
+    config = TrainConfig(method="lora", steps=4, batch_size=4, lr=5e-2, warmup=1, progress=False, lora_token_ids=ids)
+    model = apply_method(loaded.model, config)
+    data = [Example(image, "", "a red tile") for image in IMAGES * 4]
+    train(model, loaded.processor, data, config)
+    out = artifacts.save(model, "lora", tmp_path / "tile", base_model=str(tiny_opt))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert any("lm_head" in k for k in saved) and any("embed_tokens" in k for k in saved)
+    first = outputs(tiny_opt, out)
+    with Host.load(str(tiny_opt), adapter=str(out)) as host:
+        base = host.use_adapter(None)
+        host.use_adapter(str(out))  # peft's token-row wrappers were removed on detach: this attaches cleanly
+        again = [(r.text, round(r.score, 5)) for r in host.caption(IMAGES, max_new_tokens=6)
+                 + host.ask(IMAGES, "what color is the circle?", max_new_tokens=4)]
+    assert again == first and base.endswith(models.load(str(tiny_opt)).version.split("@")[1])

@@ -133,3 +133,18 @@ def test_same_seed_same_weights() -> None:
     model, processor = tiny("opt")
     train(model, processor, data, TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup=2, seed=4, progress=False))
     assert not all(torch.equal(states[0][k], v) for k, v in model.state_dict().items())
+
+
+def test_augmentation_flips_images_at_random_and_reproducibly() -> None:
+    _, processor = tiny("opt")
+    batch = [Example(image(), "", "a red circle and a blue square")] * 16
+    plain = Collator(processor, OPT)(batch)["pixel_values"]
+    first = Collator(processor, OPT, augment=("hflip", "vflip"), seed=1)(batch)["pixel_values"]
+    again = Collator(processor, OPT, augment=("hflip", "vflip"), seed=1)(batch)["pixel_values"]
+    assert torch.equal(first, again)
+    changed = [not torch.equal(first[i], plain[i]) for i in range(16)]
+    assert 0 < sum(changed) < 16  # some flipped, some not
+    mirrored = Collator(processor, OPT, augment=("hflip",), seed=1)(batch)["pixel_values"]
+    assert any(torch.equal(mirrored[i], plain[i].flip(-1)) for i in range(16))
+    with pytest.raises(ValueError, match="unknown augmentation 'rotate'"):
+        Collator(processor, OPT, augment=("rotate",))

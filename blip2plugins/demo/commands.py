@@ -52,3 +52,41 @@ def register_commands(cli: click.Group) -> None:
         with Host.load(str(model_dir)) as host:
             metrics = evaluate(*host_fns(host), n_scenes=scenes, seed=seed)
         click.echo(json.dumps(metrics, indent=2))
+
+    @demo.command("scenario")
+    @click.argument("name", type=click.Choice(["vocabulary", "purple"]))
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the labels and the training run.")
+    @click.option("--scenes", type=int, default=200, show_default=True, help="Held-out scenes of each kind.")
+    @click.option("--threads", type=int, default=2, show_default=True, help="CPU threads for torch.")
+    def scenario_cmd(name: str, seed: int, scenes: int, threads: int) -> None:
+        """Fine-tune the demo model on a labeling team's captions and measure it before and after.
+
+        vocabulary: 32 captions calling the square a "tile" + 32 ordinary ones; purple: 128 captions
+        of scenes with a colour the model never saw + 512 replayed ordinary ones. Prints JSON.
+        """
+        import tempfile
+
+        import torch
+
+        from ..host import Host
+        from ..training.finetune import finetune
+        from . import scenarios
+        from .recipe import host_fns
+
+        torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            labels = (scenarios.vocabulary_labels(32, 32, seed=seed) if name == "vocabulary"
+                      else scenarios.purple_labels(128, 512, seed=seed))
+            data = scenarios.write_labels(Path(tmp) / "labels", labels)
+            config = scenarios.vocabulary_config(seed) if name == "vocabulary" else scenarios.purple_config(seed)
+            result = finetune("demo", data, config, out=Path(tmp) / "adapter", log=lambda line: click.echo(line, err=True))
+            with Host.load("demo") as host:
+                caption, _ = host_fns(host)
+                before = scenarios.measure(caption, name, n=scenes)
+                host.use_adapter(str(Path(tmp) / "adapter"))
+                after = scenarios.measure(caption, name, n=scenes)
+        train = result.report["train"]
+        click.echo(json.dumps({"scenario": name, "seed": seed, "labels": len(labels), "before": before, "after": after,
+                               "new_words": result.report["new_words"], "train_seconds": round(train["seconds"], 1),
+                               "trainable_params": train["trainable_params"], "total_params": train["total_params"]},
+                              indent=2))

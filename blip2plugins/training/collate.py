@@ -13,17 +13,24 @@ forward loss:
 
 Prompts come from :mod:`blip2plugins.families` (``family.render_question(q)``; captions use ``""``),
 so a trained model sees the prompts the host will send.
+
+``augment`` flips images at random (``"hflip"``, ``"vflip"``, each with probability 1/2, seeded): more
+layouts from few labels, for texts that do not depend on left/right or up/down.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
+import random
+
 import torch
+from PIL import Image, ImageOps
 
 from ..families import FAMILIES, Family
 
 IGNORE = -100
+AUGMENTATIONS = {"hflip": ImageOps.mirror, "vflip": ImageOps.flip}
 
 
 class Example(NamedTuple):
@@ -37,17 +44,28 @@ class Example(NamedTuple):
 class Collator:
     """``collator(examples) -> {"pixel_values", "input_ids", "attention_mask", "labels"}``."""
 
-    def __init__(self, processor: Any, family: Family | str) -> None:
+    def __init__(self, processor: Any, family: Family | str, *, augment: Sequence[str] = (), seed: int = 0) -> None:
+        unknown = sorted(set(augment) - set(AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"unknown augmentation {unknown[0]!r}: expected some of {sorted(AUGMENTATIONS)}")
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.family = FAMILIES[family] if isinstance(family, str) else family
+        self.augment = tuple(augment)
+        self._rng = random.Random(seed)
         self._prompt_ids: dict[str, list[int]] = {}
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        images = [ex.image for ex in examples]
+        images = [self._augmented(ex.image) for ex in examples]
         if self.family.decoder_only:
             return self._decoder_only(images, [ex.prompt for ex in examples], [ex.target for ex in examples])
         return self._encoder_decoder(images, [ex.prompt for ex in examples], [ex.target for ex in examples])
+
+    def _augmented(self, image: Image.Image) -> Image.Image:
+        for name in self.augment:
+            if self._rng.random() < 0.5:
+                image = AUGMENTATIONS[name](image)
+        return image
 
     @staticmethod
     def text(prompt: str, target: str) -> str:

@@ -49,6 +49,8 @@ def register_commands(cli: click.Group) -> None:
     @click.option("--lora-mlp", is_flag=True, help="Also adapt the language model's MLP layers.")
     @click.option("--lora-extra", multiple=True, metavar="REGEX",
                   help="More LoRA targets, as full module-name regexes (e.g. 'qformer\\..*\\.(query|value)').")
+    @click.option("--augment", multiple=True, type=click.Choice(["hflip", "vflip"]),
+                  help="Random flips of the training images (only for texts without left/right, up/down).")
     @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
     @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
                   help="Save resumable checkpoints here.")
@@ -59,7 +61,7 @@ def register_commands(cli: click.Group) -> None:
     def train_command(data: tuple[Path, ...], method: str, model: str, store: Path | None, name: str,
                       out: Path | None, eval_split: float, metric: str | None, margin: float, no_promote: bool,
                       strict: bool, device: str, as_json: bool, checkpoint_dir: Path | None, lora_extra: tuple[str, ...],
-                      **train_options: object) -> None:
+                      augment: tuple[str, ...], **train_options: object) -> None:
         """Fine-tune MODEL on labeled captions / answers and add the result to the adapter store.
 
         The new version is measured on the held-out split against the one currently served and
@@ -73,7 +75,7 @@ def register_commands(cli: click.Group) -> None:
         from .loop import TrainConfig
 
         try:
-            train_config = TrainConfig(method=method, lora_extra=lora_extra, progress=True,
+            train_config = TrainConfig(method=method, lora_extra=lora_extra, augment=augment, progress=True,
                                        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
                                        **train_options)  # type: ignore[arg-type]
             config = FinetuneConfig(train=train_config, eval_split=eval_split, metric=metric, margin=margin,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections import defaultdict
@@ -31,7 +32,7 @@ from .. import artifacts, models, plugins
 from ..host import Host
 from ..store import AdapterStore
 from ..types import AdapterVersion
-from .data import CaptionDataset, read_dataset
+from .data import CaptionDataset, Record, read_dataset
 from .loop import TrainConfig, train
 from .methods import apply_method
 from .metrics import caption_metrics, vqa_accuracy
@@ -49,7 +50,9 @@ class FinetuneConfig:
 
     ``metric`` defaults to caption exact match when the held-out set has captions, else VQA
     accuracy; a new adapter is promoted when its metric is at least the current one's plus
-    ``margin`` on the same held-out set.
+    ``margin`` on the same held-out set. With ``new_words`` (LoRA only), the words of the labels
+    that the model never says on the training images (a team's own vocabulary, a new colour) get
+    their token rows trained too, in the input embeddings and the output layer.
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -58,6 +61,7 @@ class FinetuneConfig:
     margin: float = 0.0
     promote: bool = True
     eval_batch_size: int = 32
+    new_words: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_split < 1.0:
@@ -103,6 +107,30 @@ def evaluate(loaded: models.LoadedModel, held_out: CaptionDataset, *, batch_size
     return metrics
 
 
+_WORD = re.compile(r"[^\W_]+")
+#: At most this many training images are captioned to find the words the model already says.
+NEW_WORDS_SAMPLE = 512
+
+
+def new_words(loaded: models.LoadedModel, records: Sequence[Record], *, batch_size: int = 32) -> list[str]:
+    """The words of the labels that the model never says about the same images (up to
+    :data:`NEW_WORDS_SAMPLE` of them): what a fine-tune has to teach it to say."""
+    images = list(dict.fromkeys(r.image for r in records))[:NEW_WORDS_SAMPLE]
+    questions = list(dict.fromkeys((r.image, r.question) for r in records if r.question is not None))[:NEW_WORDS_SAMPLE]
+    with Host(loaded, max_batch_size=batch_size) as host:
+        said = [r.text or "" for r in host.caption(images)]
+        if questions:
+            said += [r.text or "" for r in host.ask([i for i, _ in questions], [q for _, q in questions])]
+    known = {w for text in said for w in _WORD.findall(text.lower())}
+    wanted = dict.fromkeys(w for r in records for w in _WORD.findall(r.target.lower()))
+    return [w for w in wanted if w not in known]
+
+
+def _token_ids(tokenizer: Any, word: str) -> set[int]:
+    """The tokens of ``word`` at the start of a text and after a space."""
+    return {i for text in (word, f" {word}") for i in tokenizer(text, add_special_tokens=False).input_ids}
+
+
 def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path], config: FinetuneConfig, *,
              store: AdapterStore | str | Path | None = None, name: str = "default", out: str | Path | None = None,
              device: str = "auto", log: Log = _stderr) -> FinetuneResult:
@@ -136,14 +164,21 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
         models.detach_adapter(loaded)
         log(f"held-out before training ({current.version if current else 'base model'}): {_show(baseline)}")
 
-    trainee = apply_method(loaded.model, config.train)
+    train_config = config.train
+    new: list[str] = []
+    if train_config.method == "lora" and config.new_words:
+        new = new_words(loaded, train_set, batch_size=config.eval_batch_size)
+        ids = {i for word in new for i in _token_ids(loaded.processor.tokenizer, word)}
+        train_config = dataclasses.replace(train_config, lora_token_ids=tuple(sorted(ids | set(train_config.lora_token_ids))))
+        log(f"new words in the labels: {', '.join(new) or 'none'}")
+    trainee = apply_method(loaded.model, train_config)
     inner = trainee.get_base_model() if hasattr(trainee, "get_base_model") else trainee
     probe = dataclasses.replace(loaded, model=inner)
 
     def eval_fn(_: torch.nn.Module) -> dict[str, float]:
         return evaluate(probe, held_out, batch_size=config.eval_batch_size) if len(held_out) else {}
 
-    report = train(trainee, loaded.processor, train_set.examples(loaded.family), config.train,
+    report = train(trainee, loaded.processor, train_set.examples(loaded.family), train_config,
                    family=loaded.family, eval_fn=eval_fn)
     final = report.evals[-1] if report.evals else {}
     metrics = {k: v for k, v in final.items() if k != "step"}
@@ -152,7 +187,7 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
         return FinetuneResult(None, {})
     facts: dict[str, Any] = {
         "model": base_model, "model_version": loaded.base_version, "method": config.train.method,
-        "config": {**dataclasses.asdict(config.train), "eval_split": config.eval_split},
+        "config": {**dataclasses.asdict(train_config), "eval_split": config.eval_split}, "new_words": new,
         "dataset": {"fingerprint": dataset.fingerprint(), "summary": dataset.summary(), "train": len(train_set),
                     "held_out": len(held_out), "skipped": [dataclasses.asdict(p) for p in dataset.skipped[:50]],
                     "duplicates": dataset.duplicates},
@@ -161,7 +196,7 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
     }
 
     def write(folder: Path) -> None:
-        artifacts.save(trainee, config.train.method, folder, base_model=loaded.preset.source)
+        artifacts.save(trainee, train_config.method, folder, base_model=loaded.preset.source)
         _write_report(facts, folder)
 
     if store is None:

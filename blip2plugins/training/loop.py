@@ -69,6 +69,7 @@ class TrainConfig:
     lora_extra: tuple[str, ...] = ()
     lora_modules_to_save: tuple[str, ...] = ()
     lora_token_ids: tuple[int, ...] = ()  # embedding rows to train (and save) with the adapter: new words
+    augment: tuple[str, ...] = ()  # "hflip", "vflip": random flips (texts must not say left/right, up/down)
     eval_every: int = 0  # 0: evaluate only at the end (when an eval function is given)
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
@@ -157,7 +158,8 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
 
     loader = DataLoader(
         examples, batch_size=config.batch_size, shuffle=True, drop_last=len(examples) >= config.batch_size,
-        collate_fn=Collator(processor, family), num_workers=config.num_workers,
+        collate_fn=Collator(processor, family, augment=config.augment, seed=config.seed + accelerator.process_index),
+        num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),
     )
     optimizer = _optimizer(model, config)

@@ -71,12 +71,18 @@ def lora(model: torch.nn.Module, config: Any) -> torch.nn.Module:
 
 
 def _token_rows(model: torch.nn.Module, token_ids: tuple[int, ...]) -> dict[str, list[int]] | None:
-    """peft's ``trainable_token_indices`` for the language model's input embeddings (tied to the output)."""
+    """peft's ``trainable_token_indices``: the rows of ``token_ids`` in the language model's input
+    embeddings and its output layer.
+
+    Both are named: peft ties the output layer only when the top-level model declares tied weights,
+    which ``Blip2ForConditionalGeneration`` does not, so otherwise the output rows of a new word
+    would never change and the model could read the word but never say it.
+    """
     if not token_ids:
         return None
-    embeddings = model.get_input_embeddings()
-    name = next(n for n, m in model.named_modules() if m is embeddings)
-    return {name: sorted(set(token_ids))}
+    names = {module: name for name, module in model.named_modules()}
+    layers = (model.get_input_embeddings(), model.get_output_embeddings())
+    return {names[layer]: sorted(set(token_ids)) for layer in layers if layer is not None}
 
 
 METHODS: dict[str, Method] = {"full": full, "qformer": qformer, "lora": lora}

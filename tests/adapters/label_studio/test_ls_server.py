@@ -1,0 +1,109 @@
+"""``blip2 serve label-studio`` as a real server process: answers at once while the model loads, and with
+several workers every process serves the adapter store's current version."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import httpx
+import pytest
+
+from blip2plugins.demo import scenarios
+from blip2plugins.store import AdapterStore
+
+from ls_payloads import SECRETS, png, setup_body
+from ls_processes import free_port, start_backend, stop, wait_for
+
+
+def test_health_and_setup_answer_in_time_while_the_model_loads(tmp_path) -> None:
+    port, log = free_port(), tmp_path / "backend.log"
+    env = {"BLIP2_ADAPTER_STORE": str(tmp_path / "store"), "LABEL_STUDIO_API_KEY": SECRETS[2]}
+    process = start_backend(port, log, env, "--model-dir", str(tmp_path / "model-dir"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        first = wait_for(f"{base}/health", process, log, 120)
+        assert first.json()["ready"] is False, "the server must be up before the model is"
+        slowest = {"/health": 0.0, "/setup": 0.0}
+        ready = False
+        while not ready:
+            for route in slowest:
+                began = time.perf_counter()
+                answer = (httpx.get(f"{base}{route}", timeout=5) if route == "/health"
+                          else httpx.post(f"{base}{route}", json=setup_body(), timeout=5))
+                slowest[route] = max(slowest[route], time.perf_counter() - began)
+                assert answer.status_code == 200, answer.text
+                ready = ready or (route == "/health" and answer.json()["ready"])
+            time.sleep(0.05)
+        assert slowest["/health"] < 1.0 and slowest["/setup"] < 3.0, slowest
+        assert httpx.post(f"{base}/setup", json=setup_body()).json() == {"model_version": "demo"}
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert "Application startup complete" in text and SECRETS[2] not in text
+
+
+@pytest.mark.slow
+def test_workers_follow_the_store_current_version(tmp_path) -> None:
+    from blip2plugins_label_studio import job
+    from blip2plugins_label_studio.labels import Entry, Label, LabelStore
+    from blip2plugins_label_studio.settings import Settings
+
+    store_dir, model_dir = tmp_path / "store", tmp_path / "model-dir"
+    labels = LabelStore(model_dir / "projects" / "1")
+    for i, scene in enumerate(scenarios.scenes(8, "ls-workers", keep=scenarios.has("square"))):
+        image = "data:image/png;base64," + base64.b64encode(png(scene)).decode()
+        labels.put(Label(i, 100 + i, (Entry("caption", image, (scenarios.team_caption(scene),)),)))
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"train": {"method": "lora", "steps": 2, "batch_size": 8, "warmup": 1},
+                                  "eval_split": 0.25, "margin": -1}))
+    settings = Settings(model_dir=str(model_dir), adapter_store=str(store_dir), train_config=str(recipe))
+    port, log = free_port(), tmp_path / "backend.log"
+    process = start_backend(port, log, {"BLIP2_ADAPTER_STORE": str(store_dir)}, "--model-dir", str(model_dir),
+                            "--workers", "2")
+    base = f"http://127.0.0.1:{port}"
+
+    def versions_by_worker() -> dict[int, set[str]]:
+        """The version each worker reports, asking until both have answered (a new connection each time)."""
+        seen: dict[int, set[str]] = {}
+        for _ in range(200):
+            pid = httpx.get(f"{base}/health", timeout=10).json()["pid"]
+            version = httpx.post(f"{base}/setup", json=setup_body(), timeout=10).json()["model_version"]
+            seen.setdefault(pid, set()).add(version)
+            if len(seen) == 2 and len(seen[pid]) == 1:
+                break
+        return seen
+
+    try:
+        wait_for(f"{base}/health", process, log, 180, ready=True)
+        assert list(versions_by_worker().values()) == [{"demo"}, {"demo"}]
+        assert job.run(settings, "1")["status"] == "promoted"
+        assert list(versions_by_worker().values()) == [{"demo+project-1@v0001"}] * 2
+        assert job.run(settings, "1")["status"] == "promoted"
+        AdapterStore(store_dir).rollback("demo", "project-1")
+        assert list(versions_by_worker().values()) == [{"demo+project-1@v0001"}] * 2
+        assert "blip2_label_studio_request_seconds_count" in httpx.get(f"{base}/metrics").text
+    finally:
+        stop(process)
+
+
+def test_the_plugin_registers_blip2_serve_label_studio(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from blip2plugins.cli import build_cli
+    from blip2plugins.plugins import serving_adapters
+
+    assert "label-studio" in serving_adapters()
+    runner = CliRunner()
+    listed = runner.invoke(build_cli(), ["serve", "--help"])
+    assert "label-studio" in listed.output
+    helped = runner.invoke(build_cli(), ["serve", "label-studio", "--help"])
+    assert helped.exit_code == 0 and "--workers" in helped.output and "LABEL_STUDIO_API_KEY" in helped.output
+    missing = runner.invoke(build_cli(), ["serve", "label-studio", "--train-config", str(tmp_path / "nope.json")])
+    assert missing.exit_code == 2 and "cannot read it" in missing.output
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = runner.invoke(build_cli(), ["serve", "label-studio", "--train-config", str(tmp_path / "bad.json")])
+    assert bad.exit_code == 2 and "not valid JSON" in bad.output
+    half = runner.invoke(build_cli(), ["serve", "label-studio"], env={"BASIC_AUTH_USER": "team", "BASIC_AUTH_PASS": ""})
+    assert half.exit_code == 2 and "BASIC_AUTH_PASS" in half.output

@@ -1,0 +1,153 @@
+"""Retraining: a run on the accepted labels stores a version, the gate decides, and every backend sharing
+the store serves the current version (also after a rollback); failed runs say why."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from blip2plugins.demo import scenarios, world
+from blip2plugins.store import AdapterStore
+from blip2plugins_label_studio import job
+from blip2plugins_label_studio.settings import SettingsError, load_recipe
+
+from ls_fake import backend_of, ready
+from ls_payloads import CONFIG, annotation_event, png, predict_body, setup_body, task, upload_path
+
+TINY = {"train": {"method": "lora", "steps": 3, "batch_size": 8, "lr": 1e-2, "warmup": 1, "log_every": 1},
+        "eval_split": 0.25}
+
+
+def recipe(tmp_path, margin: float) -> str:
+    path = tmp_path / f"recipe{margin}.json"
+    path.write_text(json.dumps({**TINY, "margin": margin}))
+    return str(path)
+
+
+def label_tasks(client, fake, n: int = 8) -> list[world.Scene]:
+    """Upload ``n`` scenes with a square and record their captions in the team's words."""
+    shown = scenarios.scenes(n, "ls-training", keep=scenarios.has("square"))
+    for task_id, scene in enumerate(shown, 1):
+        fake.files[upload_path(task_id)] = png(scene)
+        answer = client.post("/webhook", json=annotation_event("ANNOTATION_CREATED", 100 + task_id, task_id,
+                                                               scenarios.team_caption(scene)))
+        assert answer.json()["recorded"] == 1
+    return shown
+
+
+def model_version(client) -> str:
+    return client.post("/setup", json=setup_body()).json()["model_version"]
+
+
+def predicted_versions(client, n: int) -> set[str]:
+    results = client.post("/predict", json=predict_body([task(i) for i in range(1, n + 1)])).json()["results"]
+    return {r["model_version"] for r in results}
+
+
+def test_a_promoted_run_is_served_by_every_backend_sharing_the_store(make_backend, tmp_path) -> None:
+    first, fake = make_backend(train_config=recipe(tmp_path, margin=-1.0))
+    second, fake_too = make_backend(train_config=recipe(tmp_path, margin=-1.0))
+    fake_too.files = fake.files
+    label_tasks(first, fake)
+    backend = ready(first)
+    ready(second)
+    assert model_version(first) == model_version(second) == "demo"
+    before = first.post("/predict", json=predict_body([task(1)])).json()["results"][0]
+
+    outcome = job.run(backend.settings, "1", client=backend.client)
+    assert outcome["status"] == "promoted" and outcome["version"] == "v0001" and outcome["records"] == 8, outcome
+    for client in (first, second):
+        assert model_version(client) == "demo+project-1@v0001"
+        assert predicted_versions(client, 3) == {"demo+project-1@v0001"}
+    after = first.post("/predict", json=predict_body([task(1)])).json()["results"][0]
+    assert after["score"] != before["score"], "the adapter must be the one serving"
+
+    versions = first.get("/versions", params={"project": "1"}).json()
+    assert versions["versions"] == ["demo", "demo+project-1@v0001"]
+    assert versions["projects"][0]["current"] == "demo+project-1@v0001"
+    assert versions["projects"][0]["adapters"][0]["status"] == "promoted"
+
+
+def test_a_refused_run_leaves_the_previous_version_serving(make_backend, tmp_path) -> None:
+    client, fake = make_backend(train_config=recipe(tmp_path, margin=2.0))
+    label_tasks(client, fake)
+    backend = ready(client)
+    outcome = job.run(backend.settings, "1", client=backend.client)
+    assert outcome["status"] == "refused" and "margin 2" in outcome["reason"]
+    assert model_version(client) == "demo" and predicted_versions(client, 2) == {"demo"}
+    listed = client.get("/versions").json()["projects"][0]
+    assert listed["adapters"][0]["status"] == "refused" and "margin" in listed["adapters"][0]["reason"]
+    assert listed["versions"] == ["demo"]
+
+
+def test_a_rollback_in_the_store_is_followed_and_versions_survive_a_restart(make_backend, tmp_path) -> None:
+    client, fake = make_backend(train_config=recipe(tmp_path, margin=-1.0))
+    label_tasks(client, fake)
+    backend = ready(client)
+    job.run(backend.settings, "1", client=backend.client)
+    job.run(backend.settings, "1", client=backend.client)
+    assert model_version(client) == "demo+project-1@v0002"
+    AdapterStore(backend.settings.adapter_store).rollback("demo", "project-1")
+    assert model_version(client) == "demo+project-1@v0001"
+    assert predicted_versions(client, 2) == {"demo+project-1@v0001"}
+    client.__exit__(None, None, None)  # the process stops; a new one starts on the same folders
+    restarted, fake_too = make_backend(train_config=recipe(tmp_path, margin=-1.0))
+    fake_too.files = fake.files
+    ready(restarted)
+    assert model_version(restarted) == "demo+project-1@v0001"
+    assert predicted_versions(restarted, 2) == {"demo+project-1@v0001"}
+    listed = restarted.get("/versions", params={"project": "1"}).json()["projects"][0]
+    assert [a["version"] for a in listed["adapters"]] == ["v0001", "v0002"]
+
+
+def test_start_training_pulls_the_labeled_tasks_from_label_studio(make_backend, tmp_path) -> None:
+    client, fake = make_backend(train_config=recipe(tmp_path, margin=-1.0))
+    shown = scenarios.scenes(6, "ls-pull", keep=scenarios.has("square"))
+    for task_id, scene in enumerate(shown, 1):
+        fake.files[upload_path(task_id)] = png(scene)
+        fake.export.append({**task(task_id), "annotations": [
+            annotation_event("ANNOTATION_CREATED", 200 + task_id, task_id, scenarios.team_caption(scene))["annotation"]]})
+    client.post("/webhook", json=annotation_event("ANNOTATION_CREATED", 999, 99, "a label deleted since"))
+    backend = ready(client)
+    outcome = job.run(backend.settings, "1", pull=True, label_config=CONFIG, client=backend.client)
+    assert outcome["status"] == "promoted" and outcome["labels"] == 6 and outcome["records"] == 6
+
+
+def test_a_run_without_labels_fails_with_the_reason(make_backend) -> None:
+    client, _ = make_backend()
+    backend = ready(client)
+    outcome = job.run(backend.settings, "1", client=backend.client)
+    assert outcome == {"status": "failed", "reason": "no accepted labels to train on", "labels": 0}
+
+
+def test_a_crashed_run_is_recorded_failed_and_nothing_changes(make_backend) -> None:
+    client, _ = make_backend()
+    backend = backend_of(client)
+    backend.trainer.command = [sys.executable, "-c", "import sys; sys.stdin.read(); "
+                               "print('RuntimeError: out of memory', file=sys.stderr); sys.exit(3)"]
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1, "label_config": CONFIG}})
+    assert backend.trainer.wait_idle(30)
+    run = client.get("/versions").json()["projects"][0]["runs"][0]
+    assert run["status"] == "failed" and "status 3" in run["reason"] and "out of memory" in run["reason"]
+    assert run["trigger"] == "START_TRAINING"
+    metrics = client.get("/metrics").text
+    assert 'blip2_label_studio_training_runs_total{outcome="failed"} 1.0' in metrics
+
+
+def test_recipes_from_json_and_from_python(tmp_path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"train": {"method": "lora", "steps": 7, "lora_targets": ["q_proj"]}, "margin": 0.1}))
+    config = load_recipe(str(path))
+    assert (config.train.steps, config.train.lora_targets, config.margin) == (7, ("q_proj",), 0.1)
+    assert load_recipe(None).train.method == "lora"
+    for bad, reason in [({"train": {"stepz": 1}}, "unknown train key 'stepz'"), ({"marginn": 1}, "unknown key"),
+                        ({"train": {"steps": 0}}, "steps must be >= 1")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(SettingsError, match=reason):
+            load_recipe(str(path))
+    with pytest.raises(SettingsError, match="not a FinetuneConfig"):
+        load_recipe("blip2plugins_label_studio.settings:DEFAULT_RECIPE")
+    with pytest.raises(SettingsError, match="cannot import"):
+        load_recipe("no_such_module_xyz:CONFIG")
