@@ -12,8 +12,9 @@ from typing import Any, Iterator
 import click
 
 from .commands import _options, _table
-from .errors import StoreError
+from .errors import ModelLoadError, StoreError
 from .hookspecs import hookimpl
+from .presets import resolve
 from .store import ENV_STORE, AdapterStore
 from .types import AdapterVersion
 
@@ -29,6 +30,15 @@ adapter_options = _options(
     click.option("--model", required=True, metavar="NAME", help="The base model it applies to."),
     store_option, json_option,
 )
+
+
+def _base_model(model: str) -> str:
+    """The name adapters of ``model`` are stored under: a preset's name (also for its aliases), a
+    checkpoint folder's name, else ``model`` itself."""
+    try:
+        return resolve(model).name
+    except ModelLoadError:
+        return model
 
 
 @contextmanager
@@ -63,6 +73,7 @@ def list_command(store: Path | None, model: str | None, name: str | None, as_jso
     """List adapter versions, oldest first; `*` marks the version each adapter serves."""
     with _errors():
         adapter_store = AdapterStore(store)
+        model = None if model is None else _base_model(model)
         pairs = adapter_store.names(model)
         if name is not None:
             if name not in {adapter for _, adapter in pairs}:
@@ -96,7 +107,7 @@ def list_command(store: Path | None, model: str | None, name: str | None, as_jso
 def promote(version: str, name: str, model: str, store: Path | None, as_json: bool) -> None:
     """Serve VERSION (v0003, or 3) of adapter NAME; the version served before can be rolled back to."""
     with _errors():
-        adapter = AdapterStore(store).promote(model, name, version)
+        adapter = AdapterStore(store).promote(_base_model(model), name, version)
     _report(adapter, as_json)
 
 
@@ -105,7 +116,7 @@ def promote(version: str, name: str, model: str, store: Path | None, as_json: bo
 def rollback(name: str, model: str, store: Path | None, as_json: bool) -> None:
     """Serve again the version of adapter NAME that was served before the current one."""
     with _errors():
-        adapter = AdapterStore(store).rollback(model, name)
+        adapter = AdapterStore(store).rollback(_base_model(model), name)
     _report(adapter, as_json)
 
 

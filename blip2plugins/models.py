@@ -17,7 +17,7 @@ from transformers import Blip2ForConditionalGeneration, Blip2Processor
 from . import artifacts
 from .errors import ModelLoadError, StoreError
 from .families import Family, family_of
-from .plugins import model_presets
+from .presets import resolve
 from .types import ModelPreset
 
 log = logging.getLogger(__name__)
@@ -58,22 +58,6 @@ class LoadedModel:
         text = self.model.config.text_config
         limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
         return int(limit or min(self.processor.tokenizer.model_max_length, 4096))
-
-
-def resolve(model: str) -> ModelPreset:
-    """A preset by name or alias, a local checkpoint folder, or a hub id (``org/name``)."""
-    presets = model_presets()
-    if model in presets:
-        return presets[model]
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return ModelPreset(name=path.name, source=str(path))
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ModelLoadError(
-            f"unknown model {model!r}: not a preset ({', '.join(sorted(presets))}), "
-            "a checkpoint folder or a hub id like 'Salesforce/blip2-opt-2.7b'"
-        )
-    return ModelPreset(name=model, source=model)
 
 
 def pick_device(device: str) -> torch.device:

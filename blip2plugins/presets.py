@@ -1,10 +1,13 @@
-"""Default plugin: the built-in model presets (the bundled demo model and Salesforce's checkpoints)."""
+"""Default plugin: the built-in model presets (the bundled demo model and Salesforce's checkpoints),
+and :func:`resolve`, which turns a model name into a preset without importing torch."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from .demo import MODEL_DIR
+from .errors import ModelLoadError
 from .hookspecs import hookimpl
 from .types import ModelPreset
 
@@ -31,3 +34,21 @@ def register_models(register: Callable[[ModelPreset], None]) -> None:
     register(DEMO)
     for name, family, description in _SALESFORCE:
         register(ModelPreset(name=name, source=f"Salesforce/{name}", family=family, description=description))
+
+
+def resolve(model: str) -> ModelPreset:
+    """A preset by name or alias, a local checkpoint folder, or a hub id (``org/name``)."""
+    from .plugins import model_presets  # plugins loads this module: import it late
+
+    presets = model_presets()
+    if model in presets:
+        return presets[model]
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return ModelPreset(name=path.name, source=str(path))
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelLoadError(
+            f"unknown model {model!r}: not a preset ({', '.join(sorted(presets))}), "
+            "a checkpoint folder or a hub id like 'Salesforce/blip2-opt-2.7b'"
+        )
+    return ModelPreset(name=model, source=model)

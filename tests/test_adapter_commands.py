@@ -140,3 +140,25 @@ def test_errors_are_one_line_and_exit_1(cli: click.Group, store: AdapterStore, a
     assert message in result.stderr and len(result.stderr.splitlines()) == 1
     assert result.stdout == "" and "Traceback" not in result.stderr
     assert store.current(BASE, "captions").version == "v0001"  # type: ignore[union-attr]
+
+
+def test_a_preset_alias_names_the_same_adapters(tmp_path, monkeypatch) -> None:
+    """Adapters are stored under a preset's name; --model takes any of its aliases too."""
+    from blip2plugins.types import ModelPreset
+
+    class Alias:
+        @hookimpl
+        def register_models(self, register):
+            register(ModelPreset(name="shapes-model", source="org/shapes", aliases=("shapes",)))
+
+    plugins.register_plugin(Alias(), "test-alias")
+    try:
+        store = AdapterStore(tmp_path)
+        store.add("shapes-model", "words", lambda f: (f / "w.bin").write_bytes(b"1"), method="lora",
+                  metrics={}, dataset="d")
+        result = CliRunner().invoke(build_cli(), ["adapters", "promote", "v1", "--name", "words", "--model", "shapes",
+                                                  "--store", str(tmp_path), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["base_model"] == "shapes-model"
+    finally:
+        plugins.unregister_plugin("test-alias")

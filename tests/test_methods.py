@@ -223,3 +223,13 @@ def test_token_rows_train_in_and_out_and_survive_detach_and_reattach(tiny_opt, t
         again = [(r.text, round(r.score, 5)) for r in host.caption(IMAGES, max_new_tokens=6)
                  + host.ask(IMAGES, "what color is the circle?", max_new_tokens=4)]
     assert again == first and base.endswith(models.load(str(tiny_opt)).version.split("@")[1])
+
+
+def test_mixed_precision_bf16_trains_on_cpu(tiny_opt) -> None:
+    loaded = models.load(str(tiny_opt))
+    config = TrainConfig(method="lora", steps=2, batch_size=4, warmup=1, progress=False, mixed_precision="bf16")
+    model = apply_method(loaded.model, config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+    report = train(model, loaded.processor, examples(8), config)
+    assert report.steps == 2 and all(p.dtype == torch.float32 for p in model.parameters())  # master weights
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)

@@ -44,13 +44,13 @@ def adapter_name(project: str) -> str:
 def base_model_name(model: str) -> str:
     """The name the adapter store files ``model``'s adapters under (as the core names a loaded model),
     found without loading it: a preset's name, a checkpoint folder's name, else the hub id."""
-    from blip2plugins.plugins import model_presets
+    from blip2plugins.errors import ModelLoadError
+    from blip2plugins.presets import resolve
 
-    presets = model_presets()
-    if model in presets:
-        return presets[model].name
-    path = Path(model).expanduser()
-    return path.name if path.is_dir() else model
+    try:
+        return resolve(model).name
+    except ModelLoadError:  # loading it will say why
+        return model
 
 
 class Serving:
