@@ -227,6 +227,8 @@ def test_token_rows_train_in_and_out_and_survive_detach_and_reattach(tiny_opt, t
 
 def test_mixed_precision_bf16_trains_on_cpu(tiny_opt) -> None:
     loaded = models.load(str(tiny_opt))
+    train(loaded.model, loaded.processor, examples(4), TrainConfig(steps=1, batch_size=4, warmup=1, progress=False))
+    # a second run in the same process with another precision (accelerate keeps one global state)
     config = TrainConfig(method="lora", steps=2, batch_size=4, warmup=1, progress=False, mixed_precision="bf16")
     model = apply_method(loaded.model, config)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}

@@ -146,6 +146,7 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
     """
     if family is None:
         family = family_of(model.config.text_config.model_type)
+    _allow_precision(config.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -225,6 +226,18 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
     model.eval()
     accelerator.free_memory()
     return report
+
+
+def _allow_precision(mixed_precision: str) -> None:
+    """Let this run use its own mixed precision even when an earlier run in the process used another.
+
+    accelerate keeps one process-wide state and refuses a second ``Accelerator`` with another
+    ``mixed_precision``; the distributed setup (``PartialState``) is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state()
 
 
 def _evaluate(accelerator: Accelerator, model: torch.nn.Module, eval_fn: EvalFn, step: int) -> dict[str, float]:
