@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from . import plugins
 from .errors import StoreError
+from .files import fsync_dir, write_atomic
 from .types import AdapterVersion
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class AdapterStore:
                 )
                 _write_json(folder / VERSION_FILE, {**_record(adapter), "files": files})
                 os.rename(folder, adapter_dir / vid)
-                _fsync_dir(adapter_dir)
+                fsync_dir(adapter_dir)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -448,19 +449,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Replace ``path`` atomically: write a temporary file, fsync it, ``os.replace`` it, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, ensure_ascii=False)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Replace ``path`` atomically with ``data`` as indented JSON."""
+    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _sync_tree(folder: Path) -> dict[str, int]:
@@ -472,20 +462,12 @@ def _sync_tree(folder: Path) -> dict[str, int]:
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
             files[path.relative_to(folder).as_posix()] = path.stat().st_size
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
     if VERSION_FILE in files:
         raise StoreError(f"write() created {VERSION_FILE}, which the store writes itself")
     if not files:
         raise StoreError("write() wrote no files")
     return dict(sorted(files.items()))
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
+from blip2plugins import plugins
 from blip2plugins.building import ModelSpec, build
 
 torch.set_num_threads(2)
@@ -46,3 +48,13 @@ def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_checkpoint(request: pytest.FixtureRequest) -> Path:
     """Each tiny checkpoint in turn."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture
+def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A freshly built plugin manager, without allow/block lists from the environment; none left behind."""
+    monkeypatch.delenv(plugins.ENV_ALLOW, raising=False)
+    monkeypatch.delenv(plugins.ENV_BLOCK, raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()

@@ -29,14 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "blip2-example-plugin"
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts from a freshly built plugin manager and leaves none behind."""
-    monkeypatch.delenv(plugins.ENV_ALLOW, raising=False)
-    monkeypatch.delenv(plugins.ENV_BLOCK, raising=False)
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 def write_distribution(folder: Path, dist: str, entry_point: str, source: str, version: str = "1.2.3") -> str:

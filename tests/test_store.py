@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -55,13 +55,7 @@ def store(tmp_path: Path) -> AdapterStore:
     return AdapterStore(tmp_path / "store")
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(plugins.ENV_ALLOW, raising=False)
-    monkeypatch.delenv(plugins.ENV_BLOCK, raising=False)
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 @pytest.fixture

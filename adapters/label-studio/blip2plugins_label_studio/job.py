@@ -26,7 +26,7 @@ from typing import Any, Callable
 from blip2plugins.errors import Blip2Error
 
 from .client import LabelStudioClient
-from .files import write_bytes, write_json
+from .files import write_atomic, write_json
 from .labels import Label, LabelStore, labels_from_export
 from .schema import parse_label_config
 from .serving import adapter_name
@@ -96,7 +96,7 @@ def _records(client: LabelStudioClient, cache: Path, labels: list[Label]) -> tup
                 data = client.image_bytes(ref, task)
             except Blip2Error as exc:
                 return ref, f"task {task}: {exc}"
-            write_bytes(path, data)
+            write_atomic(path, data)
         return ref, None
 
     local: dict[str, str] = {}
