@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (
     Blip2Config,
     Blip2ForConditionalGeneration,
+    Blip2ForImageTextRetrieval,
     Blip2Processor,
     Blip2QFormerConfig,
     Blip2VisionConfig,
@@ -76,11 +77,8 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, spec: ModelSpec) -> Blip
     return Blip2Processor(images, tokenizer, num_query_tokens=spec.num_query_tokens)
 
 
-def build_model(processor: Blip2Processor, family: Family, spec: ModelSpec, *, seed: int = 0) -> Blip2ForConditionalGeneration:
-    """A randomly initialised BLIP-2 sized by ``spec``, with a retrieval-ready Q-Former."""
+def _vision_and_qformer(processor: Blip2Processor, spec: ModelSpec) -> tuple[Blip2VisionConfig, Blip2QFormerConfig]:
     tokenizer = processor.tokenizer
-    vocab = len(tokenizer)
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     ffn = spec.hidden * 4
     vision = Blip2VisionConfig(
         hidden_size=spec.hidden, intermediate_size=ffn, num_hidden_layers=spec.vision_layers or spec.layers,
@@ -89,9 +87,19 @@ def build_model(processor: Blip2Processor, family: Family, spec: ModelSpec, *, s
     )
     qformer = Blip2QFormerConfig(
         hidden_size=spec.hidden, intermediate_size=ffn, num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads, encoder_hidden_size=spec.hidden, vocab_size=vocab,
-        pad_token_id=pad, max_position_embeddings=spec.max_positions, use_qformer_text_input=True,
+        num_attention_heads=spec.heads, encoder_hidden_size=spec.hidden, vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id, max_position_embeddings=spec.max_positions, use_qformer_text_input=True,
     )
+    return vision, qformer
+
+
+def build_model(processor: Blip2Processor, family: Family, spec: ModelSpec, *, seed: int = 0) -> Blip2ForConditionalGeneration:
+    """A randomly initialised BLIP-2 sized by ``spec``, with a retrieval-ready Q-Former."""
+    tokenizer = processor.tokenizer
+    vocab = len(tokenizer)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    ffn = spec.hidden * 4
+    vision, qformer = _vision_and_qformer(processor, spec)
     if family == "opt":
         text = OPTConfig(
             vocab_size=vocab, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
@@ -121,6 +129,24 @@ def build_model(processor: Blip2Processor, family: Family, spec: ModelSpec, *, s
         model.generation_config.bos_token_id = eos
     else:
         model.generation_config.decoder_start_token_id = pad
+    return model.eval()
+
+
+def build_retrieval_model(processor: Blip2Processor, spec: ModelSpec, *, embed_dim: int | None = None,
+                          seed: int = 0) -> Blip2ForImageTextRetrieval:
+    """A randomly initialised BLIP-2 retrieval model (ViT, Q-Former with text input, ITC projections and ITM head)
+    sized by ``spec``; its Q-Former reads text with ``processor``'s tokenizer. ``embed_dim`` is the
+    ITC embedding size (default: ``spec.hidden``)."""
+    vision, qformer = _vision_and_qformer(processor, spec)
+    config = Blip2Config(
+        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), num_query_tokens=spec.num_query_tokens,
+        image_text_hidden_size=embed_dim or spec.hidden,
+        image_token_index=processor.tokenizer.convert_tokens_to_ids(processor.image_token.content),
+    )
+    torch.manual_seed(seed)
+    model = Blip2ForImageTextRetrieval(config)
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, 0.02)
     return model.eval()
 
 

@@ -281,18 +281,19 @@ def chat(host: Host, gen: dict[str, Any], image: str, as_json: bool) -> bool:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def models(as_json: bool) -> None:
-    """List the model presets: name, language-model family, source and description."""
+    """List the model presets: name, language-model family, tasks, source and description."""
     presets = list({id(preset): preset for preset in model_presets().values()}.values())
     presets.sort(key=lambda preset: preset.name)
     if as_json:
         click.echo(json.dumps([
             {"name": p.name, "aliases": list(p.aliases), "source": p.source, "family": p.family,
+             "kind": p.kind, "retrieval": p.retrieval, "tasks": list(p.tasks),
              "description": p.description, "defaults": dict(p.defaults)}
             for p in presets
         ], indent=2))
         return
-    _table(["NAME", "FAMILY", "SOURCE", "DESCRIPTION"], [
-        [p.name, p.family or "auto", p.source,
+    _table(["NAME", "FAMILY", "TASKS", "SOURCE", "DESCRIPTION"], [
+        [p.name, p.family or ("-" if p.kind == "retrieval" else "auto"), ",".join(p.tasks), p.source,
          p.description + (f" (aliases: {', '.join(p.aliases)})" if p.aliases else "")]
         for p in presets
     ])

@@ -1,14 +1,18 @@
 """The built-in image sources: ``data:`` URIs, ``http(s)://`` URLs and ``file://`` URLs.
 
-HTTP uses :mod:`httpx2`. Loaders return bytes; the core (:func:`blip2plugins.images.load_image`)
-decides by those bytes whether they are an image.
+HTTP uses :mod:`httpx2`, through one client per process whose connection pool is shared by every
+thread: images from the same server reuse kept-alive connections instead of paying a TCP (and TLS)
+handshake each. Loaders return bytes; the core (:func:`blip2plugins.images.load_image`) decides by
+those bytes whether they are an image.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
+import threading
 import urllib.parse
 import urllib.request
 from typing import Callable
@@ -23,6 +27,27 @@ from .types import ImageLimits, ImageSource
 __all__ = ["SOURCES", "register_image_sources"]
 
 _USER_AGENT = "blip2plugins"
+_client: httpx2.Client | None = None
+_client_lock = threading.Lock()
+
+
+def http_client() -> httpx2.Client:
+    """The process's shared HTTP client (created on first use; a forked child gets its own)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx2.Client(headers={"User-Agent": _USER_AGENT, "Accept": "image/*, */*;q=0.5"},
+                                    follow_redirects=True, max_redirects=5)
+        return _client
+
+
+def _forget_client() -> None:
+    """In a forked child: drop the parent's client (its pooled sockets belong to the parent)."""
+    global _client, _client_lock
+    _client, _client_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_client)
 
 
 def load_data_uri(ref: str, limits: ImageLimits) -> bytes:
@@ -44,23 +69,21 @@ def load_http(url: str, limits: ImageLimits) -> bytes:
     """Download ``url`` with the connect and read timeouts and the byte cap of ``limits``."""
     description = describe(url)
     timeout = httpx2.Timeout(limits.read_timeout, connect=limits.connect_timeout)
-    headers = {"User-Agent": _USER_AGENT, "Accept": "image/*, */*;q=0.5"}
     try:
-        with httpx2.Client(timeout=timeout, headers=headers, follow_redirects=True, max_redirects=5) as client:
-            with client.stream("GET", url) as response:
-                if not response.is_success:
-                    raise ImageError(description, f"HTTP {response.status_code}")
-                length = response.headers.get("Content-Length", "")
-                if length.strip().isdigit() and int(length) > limits.max_bytes:
-                    raise ImageError(description, f"too large ({int(length)} bytes > limit {limits.max_bytes})")
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > limits.max_bytes:
-                        raise ImageError(description, f"too large (over the limit of {limits.max_bytes} bytes)")
-                return b"".join(chunks)
+        with http_client().stream("GET", url, timeout=timeout) as response:
+            if not response.is_success:
+                raise ImageError(description, f"HTTP {response.status_code}")
+            length = response.headers.get("Content-Length", "")
+            if length.strip().isdigit() and int(length) > limits.max_bytes:
+                raise ImageError(description, f"too large ({int(length)} bytes > limit {limits.max_bytes})")
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise ImageError(description, f"too large (over the limit of {limits.max_bytes} bytes)")
+            return b"".join(chunks)
     except httpx2.TimeoutException as exc:
         raise ImageError(description, "timed out") from exc
     except httpx2.TooManyRedirects as exc:

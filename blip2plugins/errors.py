@@ -42,3 +42,7 @@ class StoreError(Blip2Error):
 
 class EvalError(Blip2Error, ValueError):
     """Predictions, references or a training report that cannot be scored or plotted."""
+
+
+class IndexFileError(Blip2Error):
+    """An image index cannot be used: missing, corrupt or truncated file, empty, or built by another model."""

@@ -30,12 +30,12 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from . import models, plugins
+from . import models, plugins, retrieval
 from .chat import Conversation
 from .errors import Blip2Error, OptionError
 from .generation import GenerationOptions
-from .images import load_image
-from .types import Result
+from .images import describe, load_image
+from .types import ImageEmbedding, Result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,11 +63,33 @@ class _Generate:
 
 @dataclass(eq=False)
 class _Encode:
+    """Image features: the language-model inputs (``itc=False``) or the retrieval model's ITC embeddings."""
+
     pixel_values: torch.Tensor
+    itc: bool = False
     future: Future[torch.Tensor] = field(default_factory=Future)
 
     def key(self) -> object:
-        return "encode"
+        return ("encode", self.itc)
+
+
+@dataclass(eq=False)
+class _EmbedText:
+    text: str
+    future: Future[torch.Tensor] = field(default_factory=Future)
+
+    def key(self) -> object:
+        return "embed_text"
+
+
+@dataclass(eq=False)
+class _Match:
+    pixel_values: torch.Tensor
+    text: str
+    future: Future[float] = field(default_factory=Future)
+
+    def key(self) -> object:
+        return "match"
 
 
 @dataclass(eq=False)
@@ -108,13 +130,15 @@ class Host:
 
     @classmethod
     def load(cls, model: str = "demo", *, device: str = "auto", dtype: str = "auto", quantize: str | None = None,
-             adapter: str | None = None, max_batch_size: int = 32, max_wait: float = 0.05) -> Host:
+             adapter: str | None = None, retrieval: str | bool = True, max_batch_size: int = 32,
+             max_wait: float = 0.05) -> Host:
         """Load a preset name, a checkpoint folder or a hub id, optionally with an adapter.
 
         ``adapter`` is an adapter folder, or ``NAME`` / ``NAME@VERSION`` in the default adapter store
-        (``BLIP2_ADAPTER_STORE``).
+        (``BLIP2_ADAPTER_STORE``). ``retrieval`` adds the retrieval model that ``match``,
+        ``similarity`` and ``embed_*`` use (see :func:`models.load`): by default the preset's own.
         """
-        loaded = models.load(model, device=device, dtype=dtype, quantize=quantize)
+        loaded = models.load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)
         if adapter is not None:
             models.attach_adapter(loaded, models.find_adapter(loaded, adapter))
         return cls(loaded, max_batch_size=max_batch_size, max_wait=max_wait)
@@ -126,6 +150,31 @@ class Host:
     @property
     def model_version(self) -> str:
         return self.loaded.version
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """What this host can do (``caption``, ``ask``, ``chat``, ``match``, ``similarity``, ``embed``)."""
+        return self.loaded.tasks
+
+    @property
+    def retrieval_name(self) -> str:
+        """Name of the retrieval model (the one that embeds images for an index)."""
+        return self._retrieval("embed").name
+
+    @property
+    def retrieval_version(self) -> str:
+        """Version of the retrieval model: an index built by another version must be rebuilt."""
+        return self._retrieval("embed").version
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size ``D`` of the ITC embeddings."""
+        return self._retrieval("embed").embedding_dim
+
+    @property
+    def num_query_tokens(self) -> int:
+        """Query tokens ``Q`` of the retrieval model (vectors per image embedding)."""
+        return self._retrieval("embed").num_query_tokens
 
     # -- public tasks -------------------------------------------------------------------------
 
@@ -139,6 +188,7 @@ class Host:
         With a prompt, decoder-only models (OPT) return the whole caption, prefix included; FlanT5
         reads the prompt as an instruction and returns what it generated.
         """
+        self.loaded.require("caption")
         opts = self.options(n=n, **options)
         if not isinstance(images, (list, tuple)):
             return self._one(self._submit_images("caption", [images], [prompt or ""], opts, strict=True)[0])
@@ -150,8 +200,10 @@ class Host:
         One image with several questions encodes the image once; several images with one question
         ask it of each; two lists are paired item by item.
         """
+        self.loaded.require("ask")
         opts = self.options(**options)
         family = self.loaded.family
+        assert family is not None
         if isinstance(question, str) and not isinstance(images, (list, tuple)):
             prompt = family.render_question(question)
             return self._one(self._submit_images("ask", [images], [prompt], opts, strict=True)[0])
@@ -164,15 +216,19 @@ class Host:
 
     def chat(self, image: Any, *, system: str | None = None, **options: Any) -> Conversation:
         """Start a conversation about one image, encoded once, here; ``image=None`` chats without one."""
+        self.loaded.require("chat")
         features = None if image is None else self.encode(image)
         return Conversation(self, features, system=system, options=self.options(**options))
 
     def submit_caption(self, image: Any, *, prompt: str | None = None, n: int = 1, **options: Any) -> Future[Result]:
         """Queue one caption; the future's result has ``error`` set if the item failed."""
+        self.loaded.require("caption")
         return self._submit_images("caption", [image], [prompt or ""], self.options(n=n, **options))[0]
 
     def submit_ask(self, image: Any, question: str, **options: Any) -> Future[Result]:
         """Queue one question; the future's result has ``error`` set if the item failed."""
+        self.loaded.require("ask")
+        assert self.loaded.family is not None
         prompt = self.loaded.family.render_question(question)
         return self._submit_images("ask", [image], [prompt], self.options(**options))[0]
 
@@ -189,24 +245,160 @@ class Host:
 
         A list of images gives a list of embeddings, encoded in batches; a bad image raises its ``ImageError``.
         """
+        self.loaded.require("chat")
         if not isinstance(image, (list, tuple)):
             return self._enqueue(_Encode(self.preprocess([load_image(image)])[0])).result()
         loaded = list(self._loader.map(load_image, image)) if len(image) > 1 else [load_image(i) for i in image]
         futures = [self._enqueue(_Encode(row)) for row in self.preprocess(loaded)] if loaded else []
         return [future.result() for future in futures]
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """Resize (with Pillow, before anything else) and normalise RGB images into pixel values."""
-        return self._normalise([self._shrink(im) for im in images])
+    def preprocess(self, images: list[Image.Image], *, itc: bool = False) -> torch.Tensor:
+        """Resize (with Pillow, before anything else) and normalise RGB images into pixel values
+        for the language model's vision encoder, or (``itc=True``) the retrieval model's."""
+        return self._normalise([self._shrink(im, itc=itc) for im in images], itc=itc)
 
-    def _shrink(self, image: Image.Image) -> Image.Image:
+    def _processor(self, itc: bool) -> Any:
+        return self._retrieval("embed").processor if itc else self.loaded.processor
+
+    def _shrink(self, image: Image.Image, *, itc: bool = False) -> Image.Image:
         """Resize to the model's input size with the processor's own filter (so pixels are identical)."""
-        size = self.loaded.processor.image_processor.size
+        size = self._processor(itc).image_processor.size
         wanted = (size["width"], size["height"])
         return image if image.size == wanted else image.resize(wanted, Image.Resampling.BICUBIC)
 
-    def _normalise(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.loaded.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    def _normalise(self, images: list[Image.Image], *, itc: bool = False) -> torch.Tensor:
+        return self._processor(itc).image_processor(images, return_tensors="pt")["pixel_values"]
+
+    # -- retrieval --------------------------------------------------------------------------------
+
+    @overload
+    def embed_images(self, images: list[Any] | tuple[Any, ...]) -> list[ImageEmbedding]: ...
+
+    @overload
+    def embed_images(self, images: Any) -> ImageEmbedding: ...
+
+    def embed_images(self, images: Any) -> ImageEmbedding | list[ImageEmbedding]:
+        """The retrieval model's ITC embeddings of one image (raises on a bad one) or of a list.
+
+        Each :class:`ImageEmbedding` holds one unit vector per query token (``queries``, the ITC
+        similarity with a text is the best of them) and their normalised mean (``pooled``). A list is
+        loaded in parallel and embedded in batches, chunk by chunk; a bad image gets ``error`` set,
+        the others are embedded.
+        """
+        head = self._retrieval("embed")
+        if not isinstance(images, (list, tuple)):
+            pixels = self.preprocess([load_image(images)], itc=True)  # raises the image's own error
+            embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(images))
+            self._finish_embeddings([(embedding, self._enqueue(_Encode(pixels[0], itc=True)))])
+            if not embedding.ok:
+                raise Blip2Error(embedding.error)
+            return embedding
+        queued: list[tuple[ImageEmbedding, Future[torch.Tensor] | None]] = []
+        for start in range(0, len(images), self.max_batch_size):  # a chunk loads while the worker embeds the last
+            queued += self._embed_chunk(list(images[start:start + self.max_batch_size]), head)
+        return self._finish_embeddings(queued)
+
+    @overload
+    def embed_texts(self, texts: str) -> torch.Tensor: ...
+
+    @overload
+    def embed_texts(self, texts: list[str] | tuple[str, ...]) -> torch.Tensor: ...
+
+    def embed_texts(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """The retrieval model's ITC embeddings of texts: unit vectors, shape ``(D,)`` for one text, ``(N, D)`` for a list."""
+        self._retrieval("embed")
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        for text in items:
+            if not isinstance(text, str) or not text.strip():
+                raise OptionError(f"text {text!r}: expected a non-empty string")
+        rows = [f.result() for f in [self._enqueue(_EmbedText(t)) for t in items]]
+        if not rows:
+            return torch.empty(0, self.embedding_dim)
+        return rows[0] if single else torch.stack(rows)
+
+    def similarity(self, images: Any, texts: str | Sequence[str]) -> torch.Tensor:
+        """ITC similarity of every image with every text, shape ``(images, texts)`` (a single image or
+        text counts as a list of one).
+
+        Each score is the cosine of the text's embedding with the closest of the image's query
+        embeddings, in [-1, 1]. It ranks texts for an image (or images for a text); it is **not** a
+        probability, and its scale depends on the model: use :meth:`match` for "does this text
+        describe this image?".
+        """
+        self._retrieval("similarity")
+        image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+        embeddings = self.embed_images(image_list) if image_list else []
+        for embedding in embeddings:
+            if not embedding.ok:
+                raise Blip2Error(embedding.error)
+        text_embeds = self.embed_texts([texts] if isinstance(texts, str) else list(texts))
+        if not embeddings or not len(text_embeds):
+            return torch.empty(len(embeddings), len(text_embeds))
+        return retrieval.itc(torch.stack([e.queries for e in embeddings]), text_embeds)  # type: ignore[misc]
+
+    def match(self, images: Any, texts: str | Sequence[str]) -> Any:
+        """Image-text matching (ITM): the probability that a text describes an image, in [0, 1].
+
+        One image and one text -> float. One image with a list of texts, a list of images with one
+        text, or two lists paired item by item -> list of floats. The image is read once. A bad
+        image raises its ``ImageError``.
+        """
+        self._retrieval("match")
+        if isinstance(texts, str) and not isinstance(images, (list, tuple)):
+            return self.match([images], [texts])[0]
+        if not isinstance(images, (list, tuple)):
+            pixels = self.preprocess([load_image(images)], itc=True)
+            text_list = list(texts)
+            rows = [pixels[0]] * len(text_list)
+        else:
+            text_list = _spread(texts, len(images), "text")
+            loaded = list(self._loader.map(load_image, images)) if len(images) > 1 else [load_image(i) for i in images]
+            rows = list(self.preprocess(loaded, itc=True)) if loaded else []
+        for text in text_list:
+            if not isinstance(text, str) or not text.strip():
+                raise OptionError(f"text {text!r}: expected a non-empty string")
+        return [f.result() for f in [self._enqueue(_Match(row, text)) for row, text in zip(rows, text_list)]]
+
+    def _retrieval(self, task: str) -> models.RetrievalModel:
+        self.loaded.require(task)
+        assert self.loaded.retrieval is not None
+        return self.loaded.retrieval
+
+    def _embed_chunk(self, images: list[Any], head: models.RetrievalModel) -> list[tuple[ImageEmbedding, Future[torch.Tensor] | None]]:
+        """Load and resize a chunk of images in parallel and queue the good ones for embedding."""
+        prepared = list(self._loader.map(self._load_for_itc, images)) if len(images) > 1 else [self._load_for_itc(images[0])]
+        good = [im for im in prepared if isinstance(im, Image.Image)]
+        rows = iter(self._normalise(good, itc=True) if good else [])
+        queued: list[tuple[ImageEmbedding, Future[torch.Tensor] | None]] = []
+        for image, outcome in zip(images, prepared):
+            embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(image))
+            if isinstance(outcome, Image.Image):
+                queued.append((embedding, self._enqueue(_Encode(next(rows), itc=True))))
+            else:
+                embedding.error = str(outcome)
+                queued.append((embedding, None))
+        return queued
+
+    @staticmethod
+    def _finish_embeddings(queued: list[tuple[ImageEmbedding, Future[torch.Tensor] | None]]) -> list[ImageEmbedding]:
+        for embedding, future in queued:
+            if future is None:
+                continue
+            try:
+                queries = future.result()
+            except Blip2Error as exc:
+                embedding.error = str(exc)
+                continue
+            embedding.queries = queries
+            embedding.pooled = torch.nn.functional.normalize(queries.mean(dim=0), dim=-1)
+        return [embedding for embedding, _ in queued]
+
+    def _load_for_itc(self, image: Any) -> Image.Image | Blip2Error:
+        try:
+            return self._shrink(load_image(image), itc=True)
+        except Blip2Error as exc:
+            return exc
 
     def submit_features(self, task: str, features: torch.Tensor | None, prompt: str,
                         options: GenerationOptions) -> Future[Result]:
@@ -215,6 +407,7 @@ class Host:
         With ``features=None`` the language model alone answers the prompt (no image tokens); such
         text-only requests are batched with each other.
         """
+        self.loaded.require("chat")
         try:
             self._check_prompt(prompt)
         except OptionError as exc:
@@ -228,6 +421,7 @@ class Host:
         text deltas that join to its ``result().text`` (the text a non-streamed request gives).
         Beam search and ``n`` > 1 cannot stream: they raise :class:`OptionError`.
         """
+        self.loaded.require("chat")
         if options.num_beams > 1 or options.n > 1:
             raise OptionError(f"streaming needs num_beams=1 and n=1, got num_beams={options.num_beams}, n={options.n}")
         self._check_prompt(prompt)
@@ -261,6 +455,7 @@ class Host:
         If the new adapter cannot be loaded, the old one keeps serving and the error is raised.
         Conversations keep the image features they encoded when they started.
         """
+        self.loaded.require("caption")
         folder = None if adapter is None else models.find_adapter(self.loaded, adapter)
         return self._enqueue(_Swap(folder)).result()
 
@@ -344,7 +539,7 @@ class Host:
         """The result of an item that failed."""
         return Result(task, None, None, self.name, self.model_version, prompt=prompt, error=error)
 
-    def _enqueue(self, request: _Generate | _Encode | _Swap) -> Future[Any]:
+    def _enqueue(self, request: _Generate | _Encode | _EmbedText | _Match | _Swap) -> Future[Any]:
         if not self._worker.is_alive():
             raise Blip2Error("the host is closed")
         self._queue.put(request)
@@ -407,20 +602,34 @@ class Host:
     def _run(self, batch: list[Any]) -> None:
         try:
             with torch.inference_mode():
-                if isinstance(batch[0], _Encode):
-                    features = self._features(torch.stack([r.pixel_values for r in batch]))
-                    self._stats["encoded"] += len(batch)
-                    for request, row in zip(batch, features):
-                        request.future.set_result(row)
-                else:
+                if isinstance(batch[0], _Generate):
                     self._generate(batch)
+                else:
+                    for request, row in zip(batch, self._retrieval_batch(batch)):
+                        request.future.set_result(row)
         except Exception as exc:  # a failed batch fails its items, never the worker
             log.exception("batch of %d failed", len(batch))
             for request in batch:
-                if isinstance(request, _Encode):
-                    request.future.set_exception(Blip2Error(f"encoding failed: {exc}"))
+                if not isinstance(request, _Generate):
+                    request.future.set_exception(Blip2Error(f"{type(request).__name__.strip('_').lower()} failed: {exc}"))
                 else:
                     request.future.set_result(self._failure(request.task, request.prompt, f"generation failed: {exc}"))
+
+    def _retrieval_batch(self, batch: list[Any]) -> list[Any]:
+        """Run a batch of image encodings, text embeddings or matches; one output per request."""
+        if isinstance(batch[0], _Encode) and not batch[0].itc:
+            self._stats["encoded"] += len(batch)
+            return list(self._features(torch.stack([r.pixel_values for r in batch])))
+        head = self._retrieval("embed")
+        net = head.model
+        if isinstance(batch[0], _Encode):
+            self._stats["encoded"] += len(batch)
+            return list(retrieval.image_embeddings(net, torch.stack([r.pixel_values for r in batch])).float().cpu())
+        ids, mask = retrieval.tokenize(head.processor.tokenizer, [r.text for r in batch], head.max_text_tokens)
+        if isinstance(batch[0], _EmbedText):
+            return list(retrieval.text_embeddings(net, ids, mask).float().cpu())
+        vision = retrieval.vision_states(net, torch.stack([r.pixel_values for r in batch]))
+        return retrieval.itm_logits(net, vision, ids, mask).float().softmax(dim=-1)[:, 1].tolist()
 
     def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         loaded = self.loaded
@@ -532,6 +741,13 @@ def _spread(value: T | Sequence[T], count: int, what: str) -> list[T]:
             raise OptionError(f"got {len(value)} {what}s for {count} images")
         return list(value)
     return [value] * count  # type: ignore[list-item]
+
+
+def _describe(image: Any) -> str:
+    """The source of an image input: a path or URL exactly as given (an index reads it again), else a description."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fsdecode(image)
+    return describe(image)
 
 
 def _failed(result: Result) -> Future[Result]:

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Blip2ForConditionalGeneration, Blip2Processor
+from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval, Blip2Processor
 
 from . import artifacts
 from .errors import ModelLoadError, StoreError
 from .families import Family, family_of
 from .presets import resolve
-from .types import ModelPreset
+from .types import GENERATION_TASKS, RETRIEVAL_TASKS, ModelPreset
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,69 @@ _CPU_4BIT_BLOCK = 64
 
 
 @dataclass
+class RetrievalModel:
+    """A retrieval checkpoint (``Blip2ForImageTextRetrieval``) ready to match, score and embed."""
+
+    name: str
+    model: Blip2ForImageTextRetrieval
+    processor: Blip2Processor
+    version: str
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size ``D`` of the ITC embeddings."""
+        return int(self.model.config.image_text_hidden_size)
+
+    @property
+    def num_query_tokens(self) -> int:
+        return int(self.model.config.num_query_tokens)
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Longest text the Q-Former reads (longer texts are truncated)."""
+        return int(self.model.config.qformer_config.max_position_embeddings)
+
+
+@dataclass
 class LoadedModel:
-    """A checkpoint ready to serve: model, processor and what the host needs to know about them."""
+    """A checkpoint ready to serve: model, processor and what the host needs to know about them.
+
+    A captioning checkpoint has ``model`` and ``family``; ``retrieval`` is set when a retrieval model
+    was loaded too (the preset's companion, or the checkpoint itself when it is a retrieval
+    checkpoint: then ``model`` and ``family`` are ``None``).
+    """
 
     preset: ModelPreset
-    model: Blip2ForConditionalGeneration
+    model: Blip2ForConditionalGeneration | None
     processor: Blip2Processor
-    family: Family
+    family: Family | None
     version: str
     device: torch.device
     dtype: torch.dtype
     adapter: artifacts.Attached | None = None
+    retrieval: RetrievalModel | None = None
 
     def __post_init__(self) -> None:
         self.base_version = self.version
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """What this model can do: generation tasks when it has a language model, retrieval tasks when it has a retrieval model."""
+        return (GENERATION_TASKS if self.model is not None else ()) + (RETRIEVAL_TASKS if self.retrieval else ())
+
+    def require(self, task: str) -> None:
+        """Raise :class:`ModelLoadError` (naming the model and what it can do) unless it can do ``task``."""
+        if task in self.tasks:
+            return
+        if task in RETRIEVAL_TASKS:
+            raise ModelLoadError(
+                f"model {self.preset.name!r} has no retrieval model, so it cannot {task}: load a retrieval "
+                "checkpoint with it (retrieval='blip2-itm-vit-g', or --retrieval) or load one alone"
+            )
+        raise ModelLoadError(
+            f"model {self.preset.name!r} is a retrieval checkpoint without a language model: it does "
+            f"{', '.join(self.tasks)}, not {task}"
+        )
 
     @property
     def image_token_id(self) -> int:
@@ -109,19 +158,30 @@ def _drop_cast_notice(record: logging.LogRecord) -> bool:
 _LOAD_LOCK = threading.Lock()  # concurrent from_pretrained calls corrupt each other ("copy out of meta tensor")
 
 
-def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str | None = None) -> LoadedModel:
+def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str | None = None,
+         retrieval: str | bool = True) -> LoadedModel:
     """Load ``model`` (preset, folder or hub id) and check that model and processor agree.
 
-    Safe to call from several threads: loads run one at a time.
+    ``retrieval`` adds a retrieval model for ``match`` / ``similarity`` / ``embed_*``: ``True`` loads
+    the preset's companion (if it names one), a string loads that checkpoint, ``False`` none. A
+    retrieval checkpoint given as ``model`` loads alone (it has no language model). Quantization
+    applies to the language model only. Safe to call from several threads: loads run one at a time.
     """
     with _LOAD_LOCK:
-        return _load(model, device=device, dtype=dtype, quantize=quantize)
+        return _load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)
 
 
-def _load(model: str, *, device: str, dtype: str, quantize: str | None) -> LoadedModel:
+def _load(model: str, *, device: str, dtype: str, quantize: str | None, retrieval: str | bool) -> LoadedModel:
     preset = resolve(model)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    if _is_retrieval(preset):
+        if quantize is not None:
+            raise ModelLoadError(f"model {preset.name!r}: quantize={quantize!r} applies to a language model; this "
+                                 "retrieval checkpoint has none")
+        head = _load_retrieval(preset, dev, torch_dtype)
+        return LoadedModel(preset, None, head.processor, None, head.version, dev, torch_dtype, retrieval=head)
+    companion = preset.retrieval if retrieval is True else (retrieval or None)
     quantization = _quantization(quantize, torch_dtype)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if quantization is not None:
@@ -143,7 +203,46 @@ def _load(model: str, *, device: str, dtype: str, quantize: str | None) -> Loade
             f"language model is {net.config.text_config.model_type!r}"
         )
     check_pair(net, processor, preset.name)
-    return LoadedModel(preset, net, processor, family, _version(preset, net), dev, torch_dtype)
+    head = None
+    if companion:
+        head_preset = resolve(companion)
+        if not _is_retrieval(head_preset):
+            raise ModelLoadError(f"retrieval model {companion!r}: not a retrieval checkpoint (Blip2ForImageTextRetrieval)")
+        head = _load_retrieval(head_preset, dev, torch_dtype)
+    return LoadedModel(preset, net, processor, family, _version(preset, net), dev, torch_dtype, retrieval=head)
+
+
+def _is_retrieval(preset: ModelPreset) -> bool:
+    """Whether ``preset`` is a retrieval checkpoint: its preset says so, or its config's architecture does."""
+    if preset.kind != "generation":
+        return preset.kind == "retrieval"
+    try:
+        config = Blip2Config.from_pretrained(preset.source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load model {preset.name!r} from {preset.source}: {exc}") from None
+    return "Blip2ForImageTextRetrieval" in (config.architectures or ())
+
+
+def _load_retrieval(preset: ModelPreset, device: torch.device, dtype: torch.dtype) -> RetrievalModel:
+    try:
+        processor = Blip2Processor.from_pretrained(preset.source)
+        net = Blip2ForImageTextRetrieval.from_pretrained(preset.source, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load retrieval model {preset.name!r} from {preset.source}: {exc}") from None
+    net = net.to(device).eval()
+    size, expected = processor.image_processor.size, net.config.vision_config.image_size
+    if (size.get("height"), size.get("width")) != (expected, expected):
+        raise ModelLoadError(
+            f"retrieval model {preset.name!r}: the processor resizes images to {size.get('height')}x{size.get('width')} "
+            f"but the vision encoder expects {expected}x{expected}"
+        )
+    vocab = net.embeddings.word_embeddings.num_embeddings
+    if len(processor.tokenizer) > vocab:
+        raise ModelLoadError(
+            f"retrieval model {preset.name!r}: the tokenizer has {len(processor.tokenizer)} tokens but the "
+            f"Q-Former's text embeddings only {vocab}"
+        )
+    return RetrievalModel(preset.name, net, processor, _version(preset, net))
 
 
 def _check_cpu_4bit(model: Blip2ForConditionalGeneration, name: str) -> None:
@@ -194,7 +293,7 @@ def check_pair(model: Blip2ForConditionalGeneration, processor: Blip2Processor, 
     tokenizer.padding_side = "left"
 
 
-def _version(preset: ModelPreset, model: Blip2ForConditionalGeneration) -> str:
+def _version(preset: ModelPreset, model: torch.nn.Module) -> str:
     """A short version string: the hub commit, or a digest of the local weights."""
     commit = getattr(model.config, "_commit_hash", None)
     if commit:
@@ -232,6 +331,7 @@ def attach_adapter(loaded: LoadedModel, adapter: str) -> None:
 
     When the new adapter cannot be attached the previous one is put back, and the error raised.
     """
+    loaded.require("caption")
     folder = Path(adapter).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(f"adapter {adapter!r}: no such folder")

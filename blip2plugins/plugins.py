@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "blip2plugins.demo.commands",
     "blip2plugins.training.commands",
     "blip2plugins.adapter_commands",
+    "blip2plugins.index_commands",
 )
 
 

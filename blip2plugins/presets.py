@@ -11,11 +11,24 @@ from .errors import ModelLoadError
 from .hookspecs import hookimpl
 from .types import ModelPreset
 
+DEMO_RETRIEVAL = ModelPreset(
+    name="demo-retrieval",
+    source=str(MODEL_DIR / "retrieval"),
+    kind="retrieval",
+    description="The demo model's retrieval head (ITM, ITC), trained on the same synthetic shapes",
+)
 DEMO = ModelPreset(
     name="demo",
     source=str(MODEL_DIR),
     family="opt",
     description="Bundled tiny BLIP-2 trained on synthetic shapes; it knows nothing else",
+    retrieval=DEMO_RETRIEVAL.name,
+)
+ITM_VIT_G = ModelPreset(
+    name="blip2-itm-vit-g",
+    source="Salesforce/blip2-itm-vit-g",
+    kind="retrieval",
+    description="Q-Former with ITM and ITC heads on ViT-g (no language model): matching, similarity, embeddings",
 )
 
 _SALESFORCE = (
@@ -32,6 +45,8 @@ _SALESFORCE = (
 @hookimpl
 def register_models(register: Callable[[ModelPreset], None]) -> None:
     register(DEMO)
+    register(DEMO_RETRIEVAL)
+    register(ITM_VIT_G)
     for name, family, description in _SALESFORCE:
         register(ModelPreset(name=name, source=f"Salesforce/{name}", family=family, description=description))
 

@@ -7,6 +7,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Union
 
 if TYPE_CHECKING:
     import click
+    import torch
     from PIL import Image
 
 #: What a plugin's image loader may hand back; the core decodes and checks it like any other input.
@@ -48,11 +49,21 @@ class ImageSource:
         return bool(self.matches(ref))
 
 
+#: What a captioning checkpoint (``Blip2ForConditionalGeneration``) does.
+GENERATION_TASKS: tuple[str, ...] = ("caption", "ask", "chat")
+#: What a retrieval checkpoint (``Blip2ForImageTextRetrieval``) does.
+RETRIEVAL_TASKS: tuple[str, ...] = ("match", "similarity", "embed")
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     """A named model: where its checkpoint lives and how to use it.
 
-    ``source`` is a hub id (``"Salesforce/blip2-opt-2.7b"``) or a local folder. ``family`` is the
+    ``source`` is a hub id (``"Salesforce/blip2-opt-2.7b"``) or a local folder. ``kind`` is
+    ``"generation"`` (a captioning checkpoint with a language model) or ``"retrieval"`` (ITM / ITC
+    heads only, like ``Salesforce/blip2-itm-vit-g``); a folder or hub id without a preset is told
+    apart by its config. ``retrieval`` names a retrieval checkpoint (preset, folder or hub id)
+    loaded beside a generation model, so one host also matches, scores and embeds. ``family`` is the
     language-model family (``"opt"`` or ``"t5"``); ``None`` means: read it from the checkpoint's
     config. ``defaults`` are generation options applied before the caller's own.
     """
@@ -63,6 +74,19 @@ class ModelPreset:
     description: str = ""
     aliases: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = "generation"
+    retrieval: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("generation", "retrieval"):
+            raise ValueError(f"model preset {self.name!r}: kind must be 'generation' or 'retrieval', got {self.kind!r}")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks a host loaded from this preset offers (declared, without loading anything)."""
+        if self.kind == "retrieval":
+            return RETRIEVAL_TASKS
+        return GENERATION_TASKS + (RETRIEVAL_TASKS if self.retrieval else ())
 
 
 @dataclass(frozen=True)
@@ -129,4 +153,28 @@ class Result:
     @property
     def ok(self) -> bool:
         """True when the item succeeded."""
+        return self.error is None
+
+
+@dataclass
+class ImageEmbedding:
+    """The ITC embeddings of one image from a retrieval model.
+
+    ``queries`` holds one unit-length vector per query token, shape ``(Q, D)``: the ITC similarity
+    of the image with a text is the maximum over these of the cosine with the text's embedding.
+    ``pooled`` is their mean, re-normalised, shape ``(D,)``: one vector for image-to-image search.
+    ``model`` / ``model_version`` name the retrieval model. When the image failed, both tensors are
+    ``None`` and ``error`` says why.
+    """
+
+    queries: "torch.Tensor | None"
+    pooled: "torch.Tensor | None"
+    model: str
+    model_version: str
+    source: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was embedded."""
         return self.error is None

@@ -58,3 +58,24 @@ def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     plugins.reset()
     yield
     plugins.reset()
+
+
+def make_retrieval_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny, randomly weighted BLIP-2 retrieval model (``Blip2ForImageTextRetrieval``, with processor)."""
+    from blip2plugins.building import build_processor, build_retrieval_model, train_tokenizer
+
+    processor = build_processor(train_tokenizer(CORPUS, "opt"), TINY)
+    model = build_retrieval_model(processor, TINY, embed_dim=16, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # large random weights: scores that depend strongly on image and text
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_retrieval(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny retrieval checkpoint (``Blip2ForImageTextRetrieval``): loads alone or beside a tiny model."""
+    return make_retrieval_checkpoint(tmp_path_factory.mktemp("tiny-retrieval"))

@@ -162,10 +162,17 @@ def test_models_lists_presets() -> None:
     presets = {p["name"]: p for p in json.loads(listed.stdout)}
     assert presets["demo"]["source"] == str(MODEL_DIR) and presets["demo"]["family"] == "opt"
     assert presets["blip2-flan-t5-xl"]["family"] == "t5"
-    assert all(set(p) == {"name", "aliases", "source", "family", "description", "defaults"} for p in presets.values())
+    assert all(set(p) == {"name", "aliases", "source", "family", "kind", "retrieval", "tasks", "description", "defaults"}
+               for p in presets.values())
+    assert presets["demo"]["tasks"] == ["caption", "ask", "chat", "match", "similarity", "embed"]
+    assert presets["demo"]["retrieval"] == "demo-retrieval" and presets["demo-retrieval"]["kind"] == "retrieval"
+    assert presets["blip2-itm-vit-g"]["tasks"] == ["match", "similarity", "embed"]
     table = lines(blip2("models").stdout)
-    assert table[0].split() == ["NAME", "FAMILY", "SOURCE", "DESCRIPTION"]
-    assert any(line.split()[:3] == ["blip2-opt-2.7b", "opt", "Salesforce/blip2-opt-2.7b"] for line in table)
+    assert table[0].split() == ["NAME", "FAMILY", "TASKS", "SOURCE", "DESCRIPTION"]
+    assert any(line.split()[:4] == ["blip2-opt-2.7b", "opt", "caption,ask,chat", "Salesforce/blip2-opt-2.7b"]
+               for line in table)
+    assert any(line.split()[:4] == ["blip2-itm-vit-g", "-", "match,similarity,embed", "Salesforce/blip2-itm-vit-g"]
+               for line in table)
 
 
 def test_plugins_json_lists_the_default_plugins() -> None:

@@ -468,3 +468,35 @@ def test_http_connection_refused():
 
 def test_https_to_a_plain_http_server_fails_cleanly(server):
     refused(server.replace("http://", "https://") + "/red.png", "unreachable: ")
+
+
+class _KeepAliveHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    connections = 0
+
+    def setup(self):
+        type(self).connections += 1
+        super().setup()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(RED_PNG)))
+        self.end_headers()
+        self.wfile.write(RED_PNG)
+
+
+def test_http_images_from_one_server_reuse_a_connection():
+    httpd = _Server(("127.0.0.1", 0), _KeepAliveHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        images = [load(f"{url}/image-{i}.png") for i in range(8)]
+        assert all(image.getpixel((0, 0)) == RED for image in images)
+        assert _KeepAliveHandler.connections == 1
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

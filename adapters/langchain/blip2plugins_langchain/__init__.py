@@ -1,7 +1,8 @@
 """blip2plugins-langchain: BLIP-2 for LangChain, served by a shared blip2plugins host.
 
 * :class:`ChatBlip2`: a chat model whose prompt is the conversation and whose eyes are its latest image.
-* :class:`CaptionImageTool`, :class:`AskImageTool` and :class:`Blip2Toolkit`: BLIP-2 as tools for agents.
+* :class:`CaptionImageTool`, :class:`AskImageTool`, :class:`MatchImageTextTool`, :class:`SearchImagesTool`
+  and :class:`Blip2Toolkit`: BLIP-2 as tools for agents.
 
 Loaded lazily: the ``blip2`` command imports this package's plugin without paying for LangChain.
 """
@@ -13,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .chat_models import ChatBlip2
-    from .tools import AskImageTool, Blip2Toolkit, CaptionImageTool
+    from .tools import AskImageTool, Blip2Toolkit, CaptionImageTool, MatchImageTextTool, SearchImagesTool
 
-__all__ = ["AskImageTool", "Blip2Toolkit", "CaptionImageTool", "ChatBlip2"]
-_WHERE = {"ChatBlip2": "chat_models", "AskImageTool": "tools", "Blip2Toolkit": "tools", "CaptionImageTool": "tools"}
+__all__ = ["AskImageTool", "Blip2Toolkit", "CaptionImageTool", "ChatBlip2", "MatchImageTextTool", "SearchImagesTool"]
+_WHERE = {"ChatBlip2": "chat_models", **{name: "tools" for name in __all__ if name != "ChatBlip2"}}
 
 
 def __getattr__(name: str) -> Any:

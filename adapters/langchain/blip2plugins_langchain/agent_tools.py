@@ -1,8 +1,8 @@
 """Tools that read the latest image attached earlier in an agent's conversation (needs ``langchain``).
 
 The agent (``langchain.agents.create_agent``) injects its state through the hidden ``runtime``
-argument, so the LLM calls ``caption_latest_image()`` or ``ask_latest_image(question)`` without
-having to copy the image into the call.
+argument, so the LLM calls ``caption_latest_image()``, ``ask_latest_image(question)`` or
+``match_latest_image(texts)`` without having to copy the image into the call.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from blip2plugins.errors import Blip2Error
 
 from ._host import ImageRef
-from .tools import CONVERSATION_TOOLS, AskImageTool, Blip2Toolkit, CaptionImageTool, question_prompt
+from .tools import (
+    CONVERSATION_TOOLS,
+    AskImageTool,
+    Blip2Toolkit,
+    CaptionImageTool,
+    MatchImageTextTool,
+    ToolSpec,
+    question_prompt,
+)
 
 
 def latest_image(runtime: ToolRuntime) -> ImageRef:
@@ -60,4 +68,17 @@ def ask_tool(kit: Blip2Toolkit) -> BaseTool:
                                         handle_tool_error=True)
 
 
-CONVERSATION_TOOLS.update(caption_latest_image=caption_tool, ask_latest_image=ask_tool)
+def match_tool(kit: Blip2Toolkit) -> BaseTool:
+    base = MatchImageTextTool(**kit.host_settings())
+
+    def match_latest_image(texts: list[str], runtime: ToolRuntime) -> tuple[str, dict[str, Any]]:
+        """Score how well each of a few short texts describes the latest image the user attached (BLIP-2 ITM probability)."""
+        return base.match(latest_image(runtime), texts)
+
+    return StructuredTool.from_function(match_latest_image, response_format="content_and_artifact",
+                                        handle_tool_error=True)
+
+
+CONVERSATION_TOOLS.update(caption_latest_image=ToolSpec(caption_tool, "caption"),
+                          ask_latest_image=ToolSpec(ask_tool, "ask"),
+                          match_latest_image=ToolSpec(match_tool, "match"))

@@ -43,11 +43,13 @@ def test_tool_errors_come_back_as_tool_messages():
 
 
 def test_the_toolkit_builds_tools_by_name():
-    assert [t.name for t in Blip2Toolkit().get_tools()] == ["caption_image", "ask_image"]
+    assert [t.name for t in Blip2Toolkit().get_tools()] == ["caption_image", "ask_image", "match_image_text"]
     conversation = Blip2Toolkit(image_from="conversation").get_tools()
-    assert [t.name for t in conversation] == ["caption_latest_image", "ask_latest_image"]
+    assert [t.name for t in conversation] == ["caption_latest_image", "ask_latest_image", "match_latest_image"]
     assert "runtime" not in conversation[1].tool_call_schema.model_json_schema()["properties"]
     with pytest.raises(Exception, match="unknown tool"):
+        Blip2Toolkit(tools=("no_such_tool",)).get_tools()
+    with pytest.raises(Exception, match="needs an image index"):
         Blip2Toolkit(tools=("search_images",)).get_tools()
 
 
