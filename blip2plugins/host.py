@@ -162,6 +162,11 @@ class Host:
         return self._retrieval("embed").name
 
     @property
+    def retrieval_source(self) -> str:
+        """Where the retrieval model was loaded from (hub id or absolute folder): ``Host.load`` takes it."""
+        return self._retrieval("embed").source
+
+    @property
     def retrieval_version(self) -> str:
         """Version of the retrieval model: an index built by another version must be rebuilt."""
         return self._retrieval("embed").version

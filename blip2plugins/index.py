@@ -116,9 +116,11 @@ class ImageIndex:
     """
 
     def __init__(self, *, model: str, model_version: str, dim: int, queries: int, created: str, updated: str,
-                 vectors: Any, pooled: Any, ids: dict[str, int], next_id: int, path: Path | None = None) -> None:
+                 vectors: Any, pooled: Any, ids: dict[str, int], next_id: int, path: Path | None = None,
+                 model_source: str = "") -> None:
         self.model = model
         self.model_version = model_version
+        self.model_source = model_source  # where the model loads from (hub id or folder), when known
         self.dim = dim
         self.queries = queries
         self.created = created
@@ -132,13 +134,14 @@ class ImageIndex:
         self._lock = threading.RLock()
 
     @classmethod
-    def create(cls, model: str, model_version: str, dim: int, queries: int) -> ImageIndex:
-        """An empty index for embeddings of ``model`` (``model_version``): ``queries`` vectors of ``dim`` per image."""
+    def create(cls, model: str, model_version: str, dim: int, queries: int, *, model_source: str = "") -> ImageIndex:
+        """An empty index for embeddings of ``model`` (``model_version``, loaded from ``model_source``):
+        ``queries`` vectors of ``dim`` per image."""
         if dim < 1 or queries < 1:
             raise OptionError(f"an index needs dim >= 1 and queries >= 1, got dim={dim}, queries={queries}")
         now = _now()
         return cls(model=model, model_version=model_version, dim=dim, queries=queries, created=now, updated=now,
-                   vectors=_flat(dim), pooled=_flat(dim), ids={}, next_id=0)
+                   vectors=_flat(dim), pooled=_flat(dim), ids={}, next_id=0, model_source=model_source)
 
     # -- contents ---------------------------------------------------------------------------------
 
@@ -155,8 +158,9 @@ class ImageIndex:
             return list(self._ids)
 
     def metadata(self) -> dict[str, Any]:
-        """Model name and version, ``dim``, ``queries``, ``count``, ``created`` and ``updated`` (ISO 8601 UTC)."""
-        return {"model": self.model, "model_version": self.model_version, "dim": self.dim, "queries": self.queries,
+        """Model name, version and source, ``dim``, ``queries``, ``count``, ``created`` and ``updated`` (ISO 8601 UTC)."""
+        return {"model": self.model, "model_version": self.model_version, "model_source": self.model_source,
+                "dim": self.dim, "queries": self.queries,
                 "count": len(self), "created": self.created, "updated": self.updated}
 
     def check_model(self, model: str, model_version: str) -> None:
@@ -309,7 +313,7 @@ class ImageIndex:
             index = cls(model=header["model"], model_version=header["model_version"], dim=header["dim"],
                         queries=header["queries"], created=header["created"], updated=header["updated"],
                         vectors=vectors, pooled=pooled, ids=dict(zip(header["sources"], header["ids"])),
-                        next_id=header["next_id"], path=path)
+                        next_id=header["next_id"], path=path, model_source=header.get("model_source", ""))
         except (RuntimeError, KeyError, TypeError) as exc:
             raise fail(f"corrupt: {exc}") from None
         problem = index._inconsistency(len(header["sources"]), len(header["ids"]))
@@ -433,7 +437,8 @@ def build_index(host: Host, sources: Iterable[str], *, batch_size: int | None = 
     """Index the images of ``sources`` (folders, walked recursively, and image references) with the
     host's retrieval model. Bad or missing images are reported in the :class:`IndexReport`, the
     others indexed."""
-    index = ImageIndex.create(host.retrieval_name, host.retrieval_version, host.embedding_dim, host.num_query_tokens)
+    index = ImageIndex.create(host.retrieval_name, host.retrieval_version, host.embedding_dim, host.num_query_tokens,
+                              model_source=host.retrieval_source)
     return index, add_images(host, index, sources, batch_size=batch_size, progress=progress)
 
 

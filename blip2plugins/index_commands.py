@@ -70,6 +70,13 @@ def _host(model: str, device: str, dtype: str) -> Host:
                       None, device, dtype, None)
 
 
+def _index_model(index: ImageIndex) -> str:
+    """The model that built ``index``, as ``Host.load`` takes it: its preset name, else where it was loaded from."""
+    from .plugins import model_presets
+
+    return index.model if index.model in model_presets() or not index.model_source else index.model_source
+
+
 def _with_host(model: str, device: str, dtype: str, work: Callable[[Host], bool]) -> None:
     """Load the host, run ``work``, close the host; exit 1 when ``work`` reports a failure."""
     host = _host(model, device, dtype)
@@ -171,7 +178,7 @@ def add(index_file: Path, sources: tuple[str, ...], model: str | None, device: s
                 index.save(index_file)
             return _report(index_file, index, report, as_json)
 
-        _with_host(model or index.model, device, dtype, work)
+        _with_host(model or _index_model(index), device, dtype, work)
 
 
 @index_group.command()
@@ -245,7 +252,7 @@ def search_command(index_file: Path, query: str, k: int, rerank: bool, image: bo
                     click.echo(f"{hit.score:.4f}\t{hit.source}")
             return True
 
-        _with_host(model or index.model, device, dtype, work)
+        _with_host(model or _index_model(index), device, dtype, work)
 
 
 @index_group.command()

@@ -36,6 +36,7 @@ class RetrievalModel:
     model: Blip2ForImageTextRetrieval
     processor: Blip2Processor
     version: str
+    source: str  # where it was loaded from: a hub id or an absolute folder path
 
     @property
     def embedding_dim(self) -> int:
@@ -242,7 +243,8 @@ def _load_retrieval(preset: ModelPreset, device: torch.device, dtype: torch.dtyp
             f"retrieval model {preset.name!r}: the tokenizer has {len(processor.tokenizer)} tokens but the "
             f"Q-Former's text embeddings only {vocab}"
         )
-    return RetrievalModel(preset.name, net, processor, _version(preset, net))
+    source = str(Path(preset.source).resolve()) if Path(preset.source).is_dir() else preset.source
+    return RetrievalModel(preset.name, net, processor, _version(preset, net), source)
 
 
 def _check_cpu_4bit(model: Blip2ForConditionalGeneration, name: str) -> None:

@@ -10,6 +10,7 @@ one (``ChatOpenAI``, ``ChatOllama``...) and drop the script.
 from __future__ import annotations
 
 import base64
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +37,8 @@ def tool_call(name: str, call_id: str, **args: str) -> dict[str, Any]:
 def show(state: dict[str, Any]) -> None:
     for message in state["messages"]:
         if isinstance(message, ToolMessage):
-            extra = f" (score {message.artifact['score']:.3f})" if message.artifact else ""
+            score = (message.artifact or {}).get("score")
+            extra = f" (score {score:.3f})" if score is not None else ""
             print(f"  tool {message.name}: {message.content}{extra}")
         elif isinstance(message, AIMessage) and message.text:
             print(f"  agent: {message.text}")
@@ -66,6 +68,25 @@ def main() -> None:
     agent = create_agent(llm, tools=Blip2Toolkit(model="demo", image_from="conversation").get_tools())
     print("agent with conversation-image tools:")
     show(agent.invoke({"messages": [HumanMessage(content=[{"type": "text", "text": "What is this?"}, block])]}))
+
+    # 3. Finding images: search an image index (built here from examples/images), then check a hit.
+    from blip2plugins import Host
+    from blip2plugins.index import build_index
+
+    index_file = Path(tempfile.mkdtemp()) / "images.idx"
+    with Host.load("demo") as host:
+        index, _ = build_index(host, [str(IMAGES)], progress=False)
+    index.save(index_file)  # the same as `blip2 index build examples/images --out images.idx`
+    found = str(IMAGES / "green-triangle_on-gray.png")
+    llm = ScriptedLLM(messages=iter([
+        AIMessage("", tool_calls=[tool_call("search_images", "1", query="a green triangle", k=2)]),
+        AIMessage("", tool_calls=[tool_call("match_image_text", "2", image=found,
+                                            texts=["a green triangle", "a green circle"])]),
+        AIMessage(f"{found} shows a green triangle."),
+    ]))
+    agent = create_agent(llm, tools=Blip2Toolkit(model="demo", index=index_file).get_tools())
+    print("agent with search and matching tools:")
+    show(agent.invoke({"messages": [HumanMessage("Find me a picture of a green triangle.")]}))
 
 
 if __name__ == "__main__":

@@ -298,8 +298,8 @@ def test_build_reports_bad_images_and_indexes_the_rest(host, folder: Path, built
     assert "not an image" in reasons[str(folder / "broken.png")]
     assert "file not found" in reasons[str(folder / "missing.png")]
     assert index.metadata() | {"created": "", "updated": ""} == {
-        "model": host.retrieval_name, "model_version": host.retrieval_version, "dim": host.embedding_dim,
-        "queries": host.num_query_tokens, "count": 7, "created": "", "updated": ""}
+        "model": host.retrieval_name, "model_version": host.retrieval_version, "model_source": host.retrieval_source,
+        "dim": host.embedding_dim, "queries": host.num_query_tokens, "count": 7, "created": "", "updated": ""}
 
 
 def test_text_search_equals_host_similarity(host, built) -> None:
@@ -389,7 +389,7 @@ def test_commands_build_search_add_remove_info(cli, host, folder: Path, tiny_ret
     assert all(h["itm"] is None and h["query"] == TEXTS[1] for h in hits)
 
     query = str(folder / "red.png")  # an existing image file: an image query
-    monkeypatch.chdir(tiny_retrieval.parent)  # the index names its model by folder name: found from here
+    monkeypatch.chdir(tmp_path)  # the index keeps where its model was loaded from: found from any folder
     result = run(cli, "index", "search", str(out), query, "-k", "1")
     assert result.exit_code == 0, result.output
     assert result.stdout.split("\t")[1].strip() == query and float(result.stdout.split("\t")[0]) == pytest.approx(1, abs=1e-4)
@@ -407,6 +407,7 @@ def test_commands_build_search_add_remove_info(cli, host, folder: Path, tiny_ret
     result = run(cli, "index", "info", str(out), "--json")
     info = json.loads(result.stdout)
     assert info["count"] == 7 and info["bytes"] == out.stat().st_size and info["format_version"] == 1
+    assert info["model_source"] == str(tiny_retrieval.resolve())
 
 
 def test_commands_report_errors_in_one_line(cli, tiny_retrieval: Path, folder: Path, tmp_path: Path) -> None:

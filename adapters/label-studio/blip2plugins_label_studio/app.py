@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,6 +48,7 @@ from .training import Trainer, runs
 
 log = logging.getLogger("blip2plugins_label_studio")
 MODEL_CLASS = "Blip2Plugins"
+LABEL_STUDIO_AGENT = "heartex/"  # how Label Studio's ML client introduces itself
 _PROJECT = re.compile(r"(\d{1,18})(?:\.\d+)?")
 _LABEL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
 _DELETE_EVENTS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
@@ -219,13 +220,27 @@ async def setup(request: Request) -> Response:
     project = project_id(body.project)
     try:
         parse_label_config(body.schema_)
-    except LabelConfigError as exc:  # Label Studio shows only the status and points to this log
+    except LabelConfigError as exc:
         log.warning("project %s: setup refused: %s", project, exc)
+        if request.headers.get("user-agent", "").startswith(LABEL_STUDIO_AGENT):
+            # Label Studio 1.23 drops the body of a refused /setup and shows "422 Client Error: ... for url:
+            # URL". It follows redirects, so the reason travels in the URL it shows.
+            return RedirectResponse(f"/setup/refused/{_slug(str(exc))}", status_code=303)
         raise
     backend.configs[project] = body.schema_
     version = await run_in_threadpool(backend.serving.model_version, project)
     log.info("project %s: setup, model version %s", project, version)
     return JSONResponse({"model_version": version})
+
+
+async def setup_refused(request: Request) -> Response:
+    """Where a refused /setup from Label Studio is redirected: the reason, from the URL, as a 422."""
+    raise RequestError(f"setup refused: {request.path_params['reason'].replace('-', ' ')}", 422)
+
+
+def _slug(text: str, limit: int = 200) -> str:
+    """``text`` as a readable URL path segment: runs of other characters become one ``-``."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit].rstrip("-")
 
 
 async def predict_route(request: Request) -> Response:
@@ -508,6 +523,7 @@ def create_app(settings: Settings | None = None, *, client: LabelStudioClient | 
         Route("/", health, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/setup", setup, methods=["POST"]),
+        Route("/setup/refused/{reason}", setup_refused, methods=["GET"]),
         Route("/predict", predict_route, methods=["POST"]),
         Route("/webhook", webhook, methods=["POST"]),
         Route("/versions", versions, methods=["GET"]),

@@ -70,6 +70,19 @@ def test_setup_refuses_a_config_with_nothing_to_fill(make_backend) -> None:
     assert "TextArea" in answer.json()["error"] and "Traceback" not in answer.text
 
 
+def test_label_studio_sees_the_setup_refusal_reason_in_the_url(make_backend) -> None:
+    """Label Studio shows only "422 Client Error: ... for url: URL": the redirect puts the reason in that URL."""
+    client, _ = make_backend()
+    agent = {"User-Agent": "heartex/1.23.2"}
+    answer = client.post("/setup", json=setup_body(NOTHING_TO_FILL), headers=agent, follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith("/setup/refused/this-BLIP-2-backend-fills-TextAreas-bound-to-an-Image")
+    followed = client.post("/setup", json=setup_body(NOTHING_TO_FILL), headers=agent)
+    assert followed.status_code == 422 and str(followed.url).endswith(answer.headers["location"])
+    assert followed.json()["error"].startswith("setup refused: this BLIP 2 backend fills TextAreas bound to an Image")
+    assert client.post("/setup", json=setup_body(), headers=agent).status_code == 200
+
+
 def test_predict_captions_every_task_in_order_in_one_host_batch(make_backend) -> None:
     client, fake = make_backend()
     backend = ready(client)

@@ -35,8 +35,8 @@ def test_captioning_project_end_to_end(tmp_path) -> None:
     text = report["interactive"]["data"]["result"][0]["value"]["text"][0]
     assert text.startswith(report["interactive_draft"] + " "), report["interactive"]
 
-    # Label Studio says the backend refused a project with nothing to fill (its own wording, our status).
-    assert "422" in report["setup_refusal"] and "setup" in report["setup_refusal"]
+    # Label Studio says the backend refused a project with nothing to fill, and why (in the URL it shows).
+    assert "422" in report["setup_refusal"] and "TextAreas-bound-to-an-Image" in report["setup_refusal"]
     assert "setup refused" in report["backend_log"] and "TextArea" in report["backend_log"]
     for secret in report["secrets"]:
         assert secret not in report["backend_log"]

@@ -31,3 +31,5 @@ def test_agent_walkthrough(capsys):
     assert "tool caption_image: no-such-file.png: file not found" in out
     assert "tool caption_latest_image: a yellow circle and a green square and a red triangle" in out
     assert "tool ask_latest_image: three" in out
+    assert "1. " + str(EXAMPLES / "images" / "green-triangle_on-gray.png") + " (similarity" in out
+    assert "Best match: 'a green triangle'" in out
