@@ -54,6 +54,8 @@ def parser(description: str, *, default_model: str = "demo", max_new_tokens: int
     p.add_argument("--max-wait", type=float, default=None,
                    help="Host(max_wait=...) in seconds, to see what the batching window costs (default: the host's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast-preprocess", action="store_true",
+                   help="Host(fast_preprocess=True): inexact, faster image preparation (default: exact)")
     return p
 
 
@@ -99,12 +101,14 @@ def load_host(args: argparse.Namespace, **kwargs: Any) -> tuple[Any, str]:
         note = " (random weights, built here)"
     if args.max_wait is not None:
         kwargs["max_wait"] = args.max_wait
+    if getattr(args, "fast_preprocess", False):
+        kwargs["fast_preprocess"] = True
     host = Host.load(source, **kwargs)
     params = sum(p.numel() for p in host.loaded.model.parameters())
     size = host.loaded.model.config.vision_config.image_size
     print(f"model: {name}{note}: {params / 1e6:.2f}M parameters, {size}x{size} input, "
           f"{host.loaded.num_query_tokens} queries; host max_batch_size {host.max_batch_size}, "
-          f"max_wait {host.max_wait * 1000:g} ms")
+          f"max_wait {host.max_wait * 1000:g} ms, {'fast' if host.fast_preprocess else 'exact'} preprocessing")
     return host, name
 
 

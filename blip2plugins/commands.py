@@ -66,6 +66,9 @@ model_options = _options(
     click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
                  show_default=True, help="Weight dtype."),
     click.option("--quantize", type=click.Choice(["8bit", "4bit"]), help="Quantize the language model (bitsandbytes)."),
+    click.option("--fast-preprocess", is_flag=True,
+                 help="Faster, inexact preparation of large images (JPEG draft decoding, box reduction before the "
+                      "resize): pixels differ slightly from the processor's."),
 )
 generation_options = _options(
     click.option("--max-new-tokens", type=int, help="Most tokens to generate."),
@@ -115,14 +118,16 @@ def _option_error(exc: OptionError) -> click.UsageError:
     return click.BadParameter(message.replace(f"{flag} must ", "must ", 1), param_hint=f"'{flag}'")
 
 
-def _load_host(model: str, adapter: str | None, device: str, dtype: str, quantize: str | None) -> Host:
+def _load_host(model: str, adapter: str | None, device: str, dtype: str, quantize: str | None, *,
+               fast_preprocess: bool = False) -> Host:
     from transformers.utils import logging as transformers_logging
 
     from .host import Host  # torch and transformers load only for the commands that need them
 
     if not sys.stderr.isatty():  # keep logs free of transformers' "Loading weights" bars
         transformers_logging.disable_progress_bar()
-    return Host.load(model, device=device, dtype=dtype, quantize=quantize, adapter=adapter)
+    return Host.load(model, device=device, dtype=dtype, quantize=quantize, adapter=adapter,
+                     fast_preprocess=fast_preprocess)
 
 
 def _one_line(text: str) -> str:
@@ -188,14 +193,14 @@ def _host_command(function: Callable[..., bool]) -> Callable[..., None]:
     @generation_options
     @functools.wraps(function)
     def command(model: str | None, adapter: str | None, device: str, dtype: str, quantize: str | None,
-                **params: Any) -> None:
+                fast_preprocess: bool, **params: Any) -> None:
         gen = _generation(params)
         if not model:
             model = DEMO_MODEL
             click.echo("blip2: note: using the bundled demo model, which only knows synthetic shapes; pick another "
                        "with --model NAME or BLIP2_MODEL (`blip2 models` lists them)", err=True)
         _check_options(model, {**gen, "n": params.get("n", 1)})
-        host = _load_host(model, adapter, device, dtype, quantize)
+        host = _load_host(model, adapter, device, dtype, quantize, fast_preprocess=fast_preprocess)
         try:
             ok = function(host, gen, **params)
         finally:

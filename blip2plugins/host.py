@@ -22,6 +22,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar, overload
 
@@ -39,6 +40,9 @@ from .types import ImageEmbedding, Result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: ``fast_preprocess``: box-reduce to within 3x of the target before the bicubic pass (measured on a
+#: 640x480 image to 48 px: 0.56 vs 1.65 ms, mean difference 0.11 grey levels, at most 4).
+_REDUCING_GAP = 3.0
 
 
 @dataclass(eq=False)
@@ -114,10 +118,11 @@ class Host:
     """
 
     def __init__(self, loaded: models.LoadedModel, *, max_batch_size: int = 32, max_wait: float = 0.05,
-                 loader_threads: int | None = None) -> None:
+                 loader_threads: int | None = None, fast_preprocess: bool = False) -> None:
         if max_batch_size < 1:
             raise OptionError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.loaded = loaded
+        self.fast_preprocess = fast_preprocess
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -131,17 +136,22 @@ class Host:
     @classmethod
     def load(cls, model: str = "demo", *, device: str = "auto", dtype: str = "auto", quantize: str | None = None,
              adapter: str | None = None, retrieval: str | bool = True, max_batch_size: int = 32,
-             max_wait: float = 0.05) -> Host:
+             max_wait: float = 0.05, fast_preprocess: bool = False) -> Host:
         """Load a preset name, a checkpoint folder or a hub id, optionally with an adapter.
 
         ``adapter`` is an adapter folder, or ``NAME`` / ``NAME@VERSION`` in the default adapter store
         (``BLIP2_ADAPTER_STORE``). ``retrieval`` adds the retrieval model that ``match``,
         ``similarity`` and ``embed_*`` use (see :func:`models.load`): by default the preset's own.
+
+        ``fast_preprocess=True`` trades exactness for speed on large images: JPEGs decode at a reduced
+        scale and the resize reduces by whole factors (box filter) before the bicubic pass. Pixels then
+        differ slightly from the processor's (a few grey levels), so results may differ from plain
+        transformers'; by default the host's pixel values equal the processor's exactly.
         """
         loaded = models.load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)
         if adapter is not None:
             models.attach_adapter(loaded, models.find_adapter(loaded, adapter))
-        return cls(loaded, max_batch_size=max_batch_size, max_wait=max_wait)
+        return cls(loaded, max_batch_size=max_batch_size, max_wait=max_wait, fast_preprocess=fast_preprocess)
 
     @property
     def name(self) -> str:
@@ -252,8 +262,8 @@ class Host:
         """
         self.loaded.require("chat")
         if not isinstance(image, (list, tuple)):
-            return self._enqueue(_Encode(self.preprocess([load_image(image)])[0])).result()
-        loaded = list(self._loader.map(load_image, image)) if len(image) > 1 else [load_image(i) for i in image]
+            return self._enqueue(_Encode(self.preprocess([self._load(image)])[0])).result()
+        loaded = list(self._loader.map(self._load, image)) if len(image) > 1 else [self._load(i) for i in image]
         futures = [self._enqueue(_Encode(row)) for row in self.preprocess(loaded)] if loaded else []
         return [future.result() for future in futures]
 
@@ -265,11 +275,21 @@ class Host:
     def _processor(self, itc: bool) -> Any:
         return self._retrieval("embed").processor if itc else self.loaded.processor
 
-    def _shrink(self, image: Image.Image, *, itc: bool = False) -> Image.Image:
-        """Resize to the model's input size with the processor's own filter (so pixels are identical)."""
+    def _input_size(self, itc: bool) -> tuple[int, int]:
         size = self._processor(itc).image_processor.size
-        wanted = (size["width"], size["height"])
-        return image if image.size == wanted else image.resize(wanted, Image.Resampling.BICUBIC)
+        return size["width"], size["height"]
+
+    def _load(self, image: Any, *, itc: bool = False) -> Image.Image:
+        """Load an image input (with ``fast_preprocess``, a JPEG decodes at a reduced scale)."""
+        return load_image(image, draft=self._input_size(itc) if self.fast_preprocess else None)
+
+    def _shrink(self, image: Image.Image, *, itc: bool = False) -> Image.Image:
+        """Resize to the model's input size with the processor's own filter (so pixels are identical),
+        or, with ``fast_preprocess``, reducing by whole factors first (Pillow's ``reducing_gap``)."""
+        wanted = self._input_size(itc)
+        if image.size == wanted:
+            return image
+        return image.resize(wanted, Image.Resampling.BICUBIC, reducing_gap=_REDUCING_GAP if self.fast_preprocess else None)
 
     def _normalise(self, images: list[Image.Image], *, itc: bool = False) -> torch.Tensor:
         return self._processor(itc).image_processor(images, return_tensors="pt")["pixel_values"]
@@ -292,7 +312,7 @@ class Host:
         """
         head = self._retrieval("embed")
         if not isinstance(images, (list, tuple)):
-            pixels = self.preprocess([load_image(images)], itc=True)  # raises the image's own error
+            pixels = self.preprocess([self._load(images, itc=True)], itc=True)  # raises the image's own error
             embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(images))
             self._finish_embeddings([(embedding, self._enqueue(_Encode(pixels[0], itc=True)))])
             if not embedding.ok:
@@ -353,12 +373,13 @@ class Host:
         if isinstance(texts, str) and not isinstance(images, (list, tuple)):
             return self.match([images], [texts])[0]
         if not isinstance(images, (list, tuple)):
-            pixels = self.preprocess([load_image(images)], itc=True)
+            pixels = self.preprocess([self._load(images, itc=True)], itc=True)
             text_list = list(texts)
             rows = [pixels[0]] * len(text_list)
         else:
             text_list = _spread(texts, len(images), "text")
-            loaded = list(self._loader.map(load_image, images)) if len(images) > 1 else [load_image(i) for i in images]
+            load = partial(self._load, itc=True)
+            loaded = list(self._loader.map(load, images)) if len(images) > 1 else [load(i) for i in images]
             rows = list(self.preprocess(loaded, itc=True)) if loaded else []
         for text in text_list:
             if not isinstance(text, str) or not text.strip():
@@ -401,7 +422,7 @@ class Host:
 
     def _load_for_itc(self, image: Any) -> Image.Image | Blip2Error:
         try:
-            return self._shrink(load_image(image), itc=True)
+            return self._shrink(self._load(image, itc=True), itc=True)
         except Blip2Error as exc:
             return exc
 
@@ -531,7 +552,7 @@ class Host:
         """One image loaded and resized, or the error that says why not."""
         try:
             self._check_prompt(prompt)
-            return self._shrink(load_image(image))
+            return self._shrink(self._load(image))
         except Blip2Error as exc:
             return exc
 

@@ -206,3 +206,35 @@ def test_a_closed_host_refuses_work(tiny_opt):
         host.caption(scene(0))
     with pytest.raises(Blip2Error, match="closed"):
         host.chat(scene(0))
+
+
+def _photo(width: int = 800, height: int = 600) -> Image.Image:
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for i in range(12):
+        draw.ellipse((40 * i, 30 * i, 40 * i + 150, 30 * i + 120), fill=COLOURS[i % len(COLOURS)])
+    return image
+
+
+def test_pixels_equal_the_processors_unless_fast_preprocess_is_asked_for(tiny_opt, tmp_path):
+    path = tmp_path / "photo.jpg"
+    _photo().save(path, quality=92)
+    processor = Blip2Processor.from_pretrained(tiny_opt)
+    expected = processor.image_processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    with Host.load(str(tiny_opt)) as exact, Host.load(str(tiny_opt), fast_preprocess=True) as fast:
+        assert torch.equal(exact.preprocess([exact._load(str(path))])[0], expected)
+        quick = fast.preprocess([fast._load(str(path))])[0]
+        assert not torch.equal(quick, expected)
+        assert (quick - expected).abs().mean() < 0.05  # normalised units: about 1.5 grey levels
+        assert fast.caption(str(path)).ok
+
+
+def test_a_draft_decodes_a_jpeg_at_a_reduced_scale_that_covers_the_size(tmp_path):
+    from blip2plugins.images import load_image
+
+    _photo().save(tmp_path / "photo.jpg")
+    _photo().save(tmp_path / "photo.png")
+    assert load_image(str(tmp_path / "photo.jpg"), draft=(64, 64)).size == (100, 75)  # 1/8 scale, still >= 64
+    assert load_image(str(tmp_path / "photo.jpg"), draft=(224, 224)).size == (400, 300)
+    assert load_image(str(tmp_path / "photo.png"), draft=(64, 64)).size == (800, 600)  # PNG: no draft mode
+    assert load_image(str(tmp_path / "photo.jpg")).size == (800, 600)
