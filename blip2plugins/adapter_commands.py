@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
-from .commands import _options, _table
+from .commands import _options, _table, one_line_errors
 from .errors import ModelLoadError, StoreError
 from .hookspecs import hookimpl
 from .presets import resolve
@@ -41,16 +39,6 @@ def _base_model(model: str) -> str:
         return model
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Store errors (and file-system errors) as one ``blip2: reason`` line and exit status 1."""
-    try:
-        yield
-    except (StoreError, OSError) as exc:
-        click.echo(f"blip2: {exc}", err=True)
-        sys.exit(1)
-
-
 def _record(adapter: AdapterVersion, current: bool) -> dict[str, Any]:
     return {**dataclasses.asdict(adapter), "current": current}
 
@@ -71,7 +59,7 @@ def adapters() -> None:
 @json_option
 def list_command(store: Path | None, model: str | None, name: str | None, as_json: bool) -> None:
     """List adapter versions, oldest first; `*` marks the version each adapter serves."""
-    with _errors():
+    with one_line_errors(StoreError, OSError):
         adapter_store = AdapterStore(store)
         model = None if model is None else _base_model(model)
         pairs = adapter_store.names(model)
@@ -106,7 +94,7 @@ def list_command(store: Path | None, model: str | None, name: str | None, as_jso
 @adapter_options
 def promote(version: str, name: str, model: str, store: Path | None, as_json: bool) -> None:
     """Serve VERSION (v0003, or 3) of adapter NAME; the version served before can be rolled back to."""
-    with _errors():
+    with one_line_errors(StoreError, OSError):
         adapter = AdapterStore(store).promote(_base_model(model), name, version)
     _report(adapter, as_json)
 
@@ -115,7 +103,7 @@ def promote(version: str, name: str, model: str, store: Path | None, as_json: bo
 @adapter_options
 def rollback(name: str, model: str, store: Path | None, as_json: bool) -> None:
     """Serve again the version of adapter NAME that was served before the current one."""
-    with _errors():
+    with one_line_errors(StoreError, OSError):
         adapter = AdapterStore(store).rollback(_base_model(model), name)
     _report(adapter, as_json)
 

@@ -9,7 +9,8 @@ import re
 import sys
 from collections import deque
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 from tqdm import tqdm
@@ -128,6 +129,16 @@ def _load_host(model: str, adapter: str | None, device: str, dtype: str, quantiz
         transformers_logging.disable_progress_bar()
     return Host.load(model, device=device, dtype=dtype, quantize=quantize, adapter=adapter,
                      fast_preprocess=fast_preprocess)
+
+
+@contextmanager
+def one_line_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Errors of ``kinds`` as one ``blip2: reason`` line on stderr and exit status 1 (no traceback)."""
+    try:
+        yield
+    except kinds as exc:
+        click.echo(f"blip2: {exc}", err=True)
+        sys.exit(1)
 
 
 def _one_line(text: str) -> str:

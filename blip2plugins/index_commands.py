@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from .commands import DEMO_MODEL, PROGRESS_THRESHOLD, _load_host, _one_line, _options
+from .commands import DEMO_MODEL, PROGRESS_THRESHOLD, _load_host, _one_line, _options, one_line_errors
 from .errors import Blip2Error
 from .hookspecs import hookimpl
 from .presets import resolve
@@ -41,16 +40,6 @@ embed_options = _options(
 )
 index_model_option = click.option(
     "--model", metavar="NAME|PATH", help="Retrieval model (preset, folder or hub id).  [default: the index's model]")
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Index, model and file errors as one ``blip2: reason`` line and exit status 1."""
-    try:
-        yield
-    except (Blip2Error, OSError) as exc:
-        click.echo(f"blip2: {exc}", err=True)
-        sys.exit(1)
 
 
 def _index() -> ModuleType:
@@ -151,7 +140,7 @@ def build(sources: tuple[str, ...], out: Path, model: str | None, device: str, d
         index.save(out)
         return _report(out, index, report, as_json)
 
-    with _errors():
+    with one_line_errors(Blip2Error, OSError):
         _with_host(model, device, dtype, work)
 
 
@@ -168,7 +157,7 @@ def add(index_file: Path, sources: tuple[str, ...], model: str | None, device: s
     Failures are reported as with `build`; INDEX is rewritten atomically with the rest.
     """
     index_module = _index()
-    with _errors():
+    with one_line_errors(Blip2Error, OSError):
         index = index_module.ImageIndex.load(index_file)
 
         def work(host: Host) -> bool:
@@ -192,7 +181,7 @@ def remove(index_file: Path, sources: tuple[str, ...], as_json: bool) -> None:
     removed, and the exit status is 1.
     """
     index_module = _index()
-    with _errors():
+    with one_line_errors(Blip2Error, OSError):
         index = index_module.ImageIndex.load(index_file)
         found, unknown = [], []
         for source in sources:
@@ -236,7 +225,7 @@ def search_command(index_file: Path, query: str, k: int, rerank: bool, image: bo
     index_module = _index()
     if image is None:
         image = os.path.isfile(query) and index_module.is_image_file(query)
-    with _errors():
+    with one_line_errors(Blip2Error, OSError):
         index = index_module.ImageIndex.load(index_file)
 
         def work(host: Host) -> bool:
@@ -261,7 +250,7 @@ def search_command(index_file: Path, query: str, k: int, rerank: bool, image: bo
 def info(index_file: Path, as_json: bool) -> None:
     """Show INDEX's model, sizes, image count and times."""
     index_module = _index()
-    with _errors():
+    with one_line_errors(Blip2Error, OSError):
         index = index_module.ImageIndex.load(index_file)
         record: dict[str, Any] = {"index": str(index_file), "format_version": index_module.FORMAT_VERSION,
                                   "bytes": index_file.stat().st_size, **index.metadata()}
@@ -302,7 +291,7 @@ def match(image: str, texts: tuple[str, ...], model: str | None, device: str, dt
                 click.echo(f"{probability:.4f}\t{score:.4f}\t{_one_line(text)}")
         return True
 
-    with _errors():
+    with one_line_errors(Blip2Error, OSError):
         _with_host(model, device, dtype, work)
 
 

@@ -183,12 +183,19 @@ def train_demo(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT_SEED, ste
         "mistakes": metrics["mistakes"],
         "torch": torch.__version__, "transformers": _version("transformers"), "python": platform.python_version(),
     }
-    (out / "README.md").write_text(model_card(facts, _size(out)))
+    facts["size_bytes"] = write_card(out, lambda size: model_card(facts, size))
+    return facts
+
+
+def write_card(out: Path, card: Callable[[int], str]) -> int:
+    """Write a model folder's README.md (``card`` gets the folder's size in bytes, the card aside) and
+    make its files world-readable; returns that size."""
+    size = _size(out)
+    (out / "README.md").write_text(card(size))
     for path in out.iterdir():
         if path.is_file():
             path.chmod(0o644)
-    facts["size_bytes"] = _size(out)
-    return facts
+    return size
 
 
 def _version(package: str) -> str:

@@ -29,7 +29,7 @@ from ..building import build_retrieval_model
 from ..errors import ModelLoadError, OptionError
 from ..training.retrieval_train import RetrievalTrainConfig, train_retrieval
 from . import MODEL_DIR, world
-from .recipe import DEMO_SPEC, EVAL_SEED_OFFSET, SceneExamples, _size, _version
+from .recipe import DEMO_SPEC, EVAL_SEED_OFFSET, SceneExamples, _version, write_card
 
 ImageFn = Callable[[list[Image.Image]], torch.Tensor]  # images -> (N, Q, D) unit-length query embeddings
 TextFn = Callable[[list[str]], torch.Tensor]  # texts -> (N, D) unit-length embeddings
@@ -244,11 +244,7 @@ def train_demo_retrieval(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT
         "metrics": metrics, "before": before,
         "torch": torch.__version__, "transformers": _version("transformers"), "python": platform.python_version(),
     }
-    (out / "README.md").write_text(model_card(facts, _size(out)))
-    for path in out.iterdir():
-        if path.is_file():
-            path.chmod(0o644)
-    facts["size_bytes"] = _size(out)
+    facts["size_bytes"] = write_card(out, lambda size: model_card(facts, size))
     return facts
 
 
