@@ -87,7 +87,7 @@ class LoadedModel:
         if task in RETRIEVAL_TASKS:
             raise ModelLoadError(
                 f"model {self.preset.name!r} has no retrieval model, so it cannot {task}: load a retrieval "
-                "checkpoint with it (retrieval='blip2-itm-vit-g', or --retrieval) or load one alone"
+                "checkpoint beside it (Host.load(..., retrieval='blip2-itm-vit-g')) or alone (--model blip2-itm-vit-g)"
             )
         raise ModelLoadError(
             f"model {self.preset.name!r} is a retrieval checkpoint without a language model: it does "
