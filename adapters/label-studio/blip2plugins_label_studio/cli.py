@@ -41,6 +41,8 @@ _SECRETS = f"Secrets come from the environment only: {ENV_API_KEY}, {ENV_AUTH_US
 @click.option("--train-threads", default=1, show_default=True, type=click.IntRange(1),
               help="Torch threads of a training run (it also runs at a lower priority than serving).")
 @click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(1), help="Host batch size.")
+@click.option("--fast-preprocess", is_flag=True,
+              help="Faster, inexact preparation of large images (JPEG draft decoding, box reduction before the resize).")
 @click.option("--max-new-tokens", type=click.IntRange(1), help="Longest caption or answer, in tokens.")
 @click.option("--max-body-mb", default=32, show_default=True, type=click.IntRange(1), help="Largest request body.")
 @click.option("--predict-wait", default=90.0, show_default=True, type=click.FloatRange(0),

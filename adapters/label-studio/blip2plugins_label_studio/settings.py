@@ -65,6 +65,7 @@ class Settings:
     train_threads: int = 1
     train_nice: int = 10
     max_batch_size: int = 32
+    fast_preprocess: bool = False
     max_body_bytes: int = 32 * 1024 * 1024
     max_new_tokens: int | None = None
     predict_wait: float = 90.0

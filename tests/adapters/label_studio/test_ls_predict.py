@@ -100,6 +100,13 @@ def test_predict_captions_every_task_in_order_in_one_host_batch(make_backend) ->
     assert all(auth == f"Token {SECRETS[2]}" for _, path, auth in fake.seen if path.startswith("/data/upload/"))
 
 
+def test_fast_preprocess_reaches_the_host_and_captions_stay_right(make_backend) -> None:
+    client, fake = make_backend(fast_preprocess=True)
+    assert ready(client).serving.loaded.result().fast_preprocess
+    answer = client.post("/predict", json=predict_body(uploaded(fake)))
+    assert [r["result"][0]["value"]["text"][0] for r in answer.json()["results"]] == [world.caption(s) for s in SCENES]
+
+
 def test_a_task_whose_image_fails_gets_no_prediction_and_the_others_do(make_backend, caplog) -> None:
     client, fake = make_backend()
     ready(client)
