@@ -15,11 +15,13 @@ restores the model exactly, which is how the host swaps adapters while serving.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import ModelLoadError
@@ -102,6 +104,34 @@ def _unwrap_auxiliary(model: torch.nn.Module) -> None:
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.unload_and_optionally_merge_module(merge=False, safe_merge=False,
                                                                              adapter_names=None))
+
+
+def touches(model: torch.nn.Module, folder: str | Path, prefix: str) -> bool:
+    """Whether attaching the artifact in ``folder`` to ``model`` would change a module under ``prefix``
+    (e.g. ``"vision_model"``): a trained parameter there, or a LoRA target or module to save there."""
+    path = Path(folder).expanduser()
+    if kind_of(path) != "lora":
+        try:
+            with safe_open(str(path / WEIGHTS), "pt") as weights:
+                return any(key.startswith(prefix + ".") for key in weights.keys())
+        except Exception:  # attach reports the unreadable file; assume the worst meanwhile
+            return True
+    try:
+        config = json.loads((path / PEFT_CONFIG).read_text())
+    except (OSError, ValueError):
+        return True
+    targets = config.get("target_modules") or []
+    saved = config.get("modules_to_save") or []
+    for name, _ in model.named_modules():
+        if not name.startswith(prefix + "."):
+            continue
+        if isinstance(targets, str) and re.fullmatch(targets, name):
+            return True
+        if not isinstance(targets, str) and any(name == t or name.endswith("." + t) for t in targets):
+            return True
+        if any(name == m or name.endswith("." + m) for m in saved):
+            return True
+    return False
 
 
 def attach(model: Any, folder: str | Path, *, name: str | None = None) -> Attached:

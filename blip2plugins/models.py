@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -210,7 +211,33 @@ def _load(model: str, *, device: str, dtype: str, quantize: str | None, retrieva
         if not _is_retrieval(head_preset):
             raise ModelLoadError(f"retrieval model {companion!r}: not a retrieval checkpoint (Blip2ForImageTextRetrieval)")
         head = _load_retrieval(head_preset, dev, torch_dtype)
+        if quantization is None:
+            _share_vision(net, head)
     return LoadedModel(preset, net, processor, family, _version(preset, net), dev, torch_dtype, retrieval=head)
+
+
+def _share_vision(net: Blip2ForConditionalGeneration, head: RetrievalModel) -> None:
+    """Let the retrieval model use the captioning model's vision encoder when their weights are equal.
+
+    BLIP-2 trains both stages with the ViT frozen, so a captioning checkpoint and its retrieval
+    companion usually hold the same encoder (ViT-g: about 1B parameters, 2 GB in float16), and one
+    copy serves both. An adapter that would change the shared encoder unshares it first
+    (:func:`attach_adapter`).
+    """
+    ours, theirs = net.vision_model.state_dict(), head.model.vision_model.state_dict()
+    if ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours):
+        head.model.vision_model = net.vision_model
+        log.info("retrieval model %s shares the vision encoder of the captioning model", head.name)
+
+
+def _unshare_vision(loaded: LoadedModel, folder: Path) -> None:
+    """Give the retrieval model its own vision encoder before an adapter that changes it is attached."""
+    head = loaded.retrieval
+    if head is None or loaded.model is None or head.model.vision_model is not loaded.model.vision_model:
+        return
+    if artifacts.touches(loaded.model, folder, "vision_model"):
+        head.model.vision_model = copy.deepcopy(loaded.model.vision_model)
+        log.info("adapter %s changes the vision encoder: the retrieval model %s keeps its own copy", folder, head.name)
 
 
 def _is_retrieval(preset: ModelPreset) -> bool:
@@ -340,6 +367,7 @@ def attach_adapter(loaded: LoadedModel, adapter: str) -> None:
     artifacts.kind_of(folder)
     previous = loaded.adapter
     detach_adapter(loaded)
+    _unshare_vision(loaded, folder)
     digest = _digest(folder)
     try:
         loaded.adapter = artifacts.attach(loaded.model, folder, name=re.sub(r"\W", "_", f"{folder.name}_{digest}"))

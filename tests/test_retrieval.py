@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from transformers import Blip2ForImageTextRetrieval, Blip2Processor
+from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval, Blip2Processor
 
 from blip2plugins import Host, models
 from blip2plugins.errors import ImageError, ModelLoadError, OptionError
@@ -146,3 +146,34 @@ def test_presets_declare_their_tasks() -> None:
     assert ITM_VIT_G.tasks == ("match", "similarity", "embed") and ITM_VIT_G.source == "Salesforce/blip2-itm-vit-g"
     with pytest.raises(ValueError, match="kind"):
         type(DEMO)(name="x", source="y", kind="detector")
+
+
+def test_a_companion_with_the_same_vision_encoder_shares_it(tiny_opt: Path, tiny_retrieval: Path, tmp_path: Path) -> None:
+    from blip2plugins import artifacts
+    from blip2plugins.demo import MODEL_DIR
+    from blip2plugins.training import TrainConfig, apply_method
+
+    texts = ["a red circle", "a blue square and a green triangle"]
+    with Host.load("demo-retrieval") as alone:
+        expected = alone.similarity(_images(), texts)
+    with Host.load(str(tiny_opt), retrieval=str(tiny_retrieval)) as different:  # other weights: not shared
+        assert different.loaded.retrieval.model.vision_model is not different.loaded.model.vision_model
+    with Host.load("demo") as host:
+        generation, head = host.loaded.model, host.loaded.retrieval.model
+        assert head.vision_model is generation.vision_model  # the demo head was trained with the ViT frozen
+        assert torch.allclose(host.similarity(_images(), texts), expected, atol=1e-6)
+
+        lm_only = apply_method(Blip2ForConditionalGeneration.from_pretrained(MODEL_DIR), TrainConfig(method="lora"))
+        host.use_adapter(str(artifacts.save(lm_only, "lora", tmp_path / "lora", base_model="demo")))
+        assert head.vision_model is generation.vision_model  # LoRA on the language model: still shared
+
+        vision = Blip2ForConditionalGeneration.from_pretrained(MODEL_DIR)
+        for name, param in vision.named_parameters():
+            param.requires_grad = name.startswith("vision_model.")
+        with torch.no_grad():
+            vision.vision_model.post_layernorm.weight.mul_(-2)
+        host.use_adapter(str(artifacts.save(vision, "full", tmp_path / "vision", base_model="demo")))
+        assert head.vision_model is not generation.vision_model  # unshared before the adapter changed it
+        assert torch.allclose(host.similarity(_images(), texts), expected, atol=1e-6)
+        host.use_adapter(None)
+        assert torch.allclose(host.similarity(_images(), texts), expected, atol=1e-6)

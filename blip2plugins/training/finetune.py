@@ -147,7 +147,7 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
     if len(dataset) == 0:
         raise ValueError(f"no usable training records: {dataset.summary()}")
     train_set, held_out = dataset.split(config.eval_split, seed=config.train.seed)
-    loaded = models.load(model, device=device, dtype="float32")
+    loaded = models.load(model, device=device, dtype="float32", retrieval=False)
     main = _is_main_process(cpu=loaded.device.type == "cpu")
     if not main:
         log = _quiet
