@@ -261,6 +261,7 @@ class Host:
         A list of images gives a list of embeddings, encoded in batches; a bad image raises its ``ImageError``.
         """
         self.loaded.require("chat")
+        self._check_open()
         if not isinstance(image, (list, tuple)):
             return self._enqueue(_Encode(self.preprocess([self._load(image)])[0])).result()
         loaded = list(self._loader.map(self._load, image)) if len(image) > 1 else [self._load(i) for i in image]
@@ -311,6 +312,7 @@ class Host:
         the others are embedded.
         """
         head = self._retrieval("embed")
+        self._check_open()
         if not isinstance(images, (list, tuple)):
             pixels = self.preprocess([self._load(images, itc=True)], itc=True)  # raises the image's own error
             embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(images))
@@ -370,6 +372,7 @@ class Host:
         image raises its ``ImageError``.
         """
         self._retrieval("match")
+        self._check_open()
         if isinstance(texts, str) and not isinstance(images, (list, tuple)):
             return self.match([images], [texts])[0]
         if not isinstance(images, (list, tuple)):
@@ -507,6 +510,7 @@ class Host:
     def _submit_images(self, task: str, images: list[Any], prompts: list[str], opts: GenerationOptions,
                        *, strict: bool = False) -> list[Future[Result]]:
         """Load, resize and normalise the images chunk by chunk, queueing each chunk as it is ready."""
+        self._check_open()
         with self._preparing_lock:
             self._preparing += 1
         preparing = True
@@ -515,8 +519,8 @@ class Host:
             for start in range(0, len(images), self.max_batch_size):
                 chunk = list(zip(images[start:start + self.max_batch_size], prompts[start:start + self.max_batch_size]))
                 began = time.perf_counter()
-                if len(chunk) == 1:
-                    prepared = [self._prepare(*chunk[0])]
+                if len(chunk) == 1:  # on the pool too: a burst of callers decodes at most loader_threads images at once
+                    prepared = [self._loader.submit(self._prepare, *chunk[0]).result()]
                 else:
                     prepared = list(self._loader.map(lambda item: self._prepare(*item), chunk))
                 if strict:
@@ -566,10 +570,13 @@ class Host:
         return Result(task, None, None, self.name, self.model_version, prompt=prompt, error=error)
 
     def _enqueue(self, request: _Generate | _Encode | _EmbedText | _Match | _Swap) -> Future[Any]:
-        if not self._worker.is_alive():
-            raise Blip2Error("the host is closed")
+        self._check_open()
         self._queue.put(request)
         return request.future
+
+    def _check_open(self) -> None:
+        if not self._worker.is_alive():
+            raise Blip2Error("the host is closed")
 
     def _one(self, future: Future[Result]) -> Result:
         result = future.result()

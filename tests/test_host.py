@@ -206,6 +206,20 @@ def test_a_closed_host_refuses_work(tiny_opt):
         host.caption(scene(0))
     with pytest.raises(Blip2Error, match="closed"):
         host.chat(scene(0))
+    with pytest.raises(Blip2Error, match="closed"):
+        host.caption([scene(0), scene(1)])
+    with pytest.raises(Blip2Error, match="closed"):
+        host.encode([scene(0), scene(1)])
+
+
+def test_a_closed_host_refuses_retrieval_work(tiny_retrieval):
+    host = Host.load(str(tiny_retrieval))
+    host.close()
+    for call in (lambda: host.embed_images([scene(0), scene(1)]), lambda: host.embed_texts("a dog"),
+                 lambda: host.match([scene(0), scene(1)], "a dog"), lambda: host.similarity(scene(0), "a dog")):
+        with pytest.raises(Blip2Error, match="closed"):
+            call()
+    assert host.embedding_dim == 16  # what the model is stays readable
 
 
 def _photo(width: int = 800, height: int = 600) -> Image.Image:
