@@ -264,7 +264,7 @@ class Host:
         self._check_open()
         if not isinstance(image, (list, tuple)):
             return self._enqueue(_Encode(self.preprocess([self._load(image)])[0])).result()
-        loaded = list(self._loader.map(self._load, image)) if len(image) > 1 else [self._load(i) for i in image]
+        loaded = list(self._loader.map(self._load, image))
         futures = [self._enqueue(_Encode(row)) for row in self.preprocess(loaded)] if loaded else []
         return [future.result() for future in futures]
 
@@ -335,10 +335,7 @@ class Host:
         """The retrieval model's ITC embeddings of texts: unit vectors, shape ``(D,)`` for one text, ``(N, D)`` for a list."""
         self._retrieval("embed")
         single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
-        for text in items:
-            if not isinstance(text, str) or not text.strip():
-                raise OptionError(f"text {text!r}: expected a non-empty string")
+        items = _checked_texts([texts] if single else list(texts))
         rows = [f.result() for f in [self._enqueue(_EmbedText(t)) for t in items]]
         if not rows:
             return torch.empty(0, self.embedding_dim)
@@ -376,17 +373,12 @@ class Host:
         if isinstance(texts, str) and not isinstance(images, (list, tuple)):
             return self.match([images], [texts])[0]
         if not isinstance(images, (list, tuple)):
-            pixels = self.preprocess([self._load(images, itc=True)], itc=True)
-            text_list = list(texts)
-            rows = [pixels[0]] * len(text_list)
+            text_list = _checked_texts(list(texts))
+            rows = [self.preprocess([self._load(images, itc=True)], itc=True)[0]] * len(text_list)
         else:
-            text_list = _spread(texts, len(images), "text")
-            load = partial(self._load, itc=True)
-            loaded = list(self._loader.map(load, images)) if len(images) > 1 else [load(i) for i in images]
+            text_list = _checked_texts(_spread(texts, len(images), "text"))
+            loaded = list(self._loader.map(partial(self._load, itc=True), images))
             rows = list(self.preprocess(loaded, itc=True)) if loaded else []
-        for text in text_list:
-            if not isinstance(text, str) or not text.strip():
-                raise OptionError(f"text {text!r}: expected a non-empty string")
         return [f.result() for f in [self._enqueue(_Match(row, text)) for row, text in zip(rows, text_list)]]
 
     def _retrieval(self, task: str) -> models.RetrievalModel:
@@ -396,7 +388,7 @@ class Host:
 
     def _embed_chunk(self, images: list[Any], head: models.RetrievalModel) -> list[tuple[ImageEmbedding, Future[torch.Tensor] | None]]:
         """Load and resize a chunk of images in parallel and queue the good ones for embedding."""
-        prepared = list(self._loader.map(self._load_for_itc, images)) if len(images) > 1 else [self._load_for_itc(images[0])]
+        prepared = list(self._loader.map(self._load_for_itc, images))
         good = [im for im in prepared if isinstance(im, Image.Image)]
         rows = iter(self._normalise(good, itc=True) if good else [])
         queued: list[tuple[ImageEmbedding, Future[torch.Tensor] | None]] = []
@@ -519,10 +511,8 @@ class Host:
             for start in range(0, len(images), self.max_batch_size):
                 chunk = list(zip(images[start:start + self.max_batch_size], prompts[start:start + self.max_batch_size]))
                 began = time.perf_counter()
-                if len(chunk) == 1:  # on the pool too: a burst of callers decodes at most loader_threads images at once
-                    prepared = [self._loader.submit(self._prepare, *chunk[0]).result()]
-                else:
-                    prepared = list(self._loader.map(lambda item: self._prepare(*item), chunk))
+                # On the pool even for one image: a burst of callers decodes at most loader_threads images at once.
+                prepared = list(self._loader.map(lambda item: self._prepare(*item), chunk))
                 if strict:
                     for outcome in prepared:
                         if isinstance(outcome, Blip2Error):
@@ -774,6 +764,14 @@ def _spread(value: T | Sequence[T], count: int, what: str) -> list[T]:
             raise OptionError(f"got {len(value)} {what}s for {count} images")
         return list(value)
     return [value] * count  # type: ignore[list-item]
+
+
+def _checked_texts(texts: list[Any]) -> list[str]:
+    """``texts``, unless one is not a non-empty string: then :class:`OptionError` naming it."""
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise OptionError(f"text {text!r}: expected a non-empty string")
+    return texts
 
 
 def _describe(image: Any) -> str:
