@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -64,8 +65,20 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def _idle_threads_sleep() -> None:
+    """Make torch's idle OpenMP threads sleep instead of spinning, unless ``OMP_WAIT_POLICY`` is set.
+
+    The host decodes images on its loader threads while the worker runs the model; threads that
+    spin between torch ops take CPU from the decoders (measured on 2 cores: 9.0 vs 5.7 ms of CPU an
+    image). OpenMP reads the setting once, when torch loads: this must run before torch is imported.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``blip2`` console script."""
+    _idle_threads_sleep()
     handler = logging.StreamHandler()
     handler.setFormatter(_OneLine())
     logging.basicConfig(level=logging.WARNING, handlers=[handler])

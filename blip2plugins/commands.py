@@ -7,8 +7,6 @@ import functools
 import json
 import re
 import sys
-from collections import deque
-from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
 
 DEMO_MODEL = "demo"
 PROGRESS_THRESHOLD = 8
-WINDOW = 64  # images in flight: the host batches them, and memory stays bounded for long lists
 #: Generation option of the host -> its command-line flag.
 GENERATION_FLAGS = {
     "max_new_tokens": "--max-new-tokens",
@@ -145,36 +142,26 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _run(images: tuple[str, ...], submit: Callable[[str], Future[Result]], lines: Callable[[str, Result], list[str]],
+def _run(images: tuple[str, ...], results: Iterator[Result], lines: Callable[[str, Result], list[str]],
          progress: bool | None) -> bool:
-    """Submit the images (at most ``WINDOW`` in flight) and print each result in input order.
+    """Print each image's result as it comes, in input order; returns True when every image succeeded.
 
-    Returns True when every image succeeded.
+    ``results`` is the host's ``iter_*`` over ``images``: it reads the images in parallel, chunk by
+    chunk, and holds at most two chunks, so memory stays bounded for long lists.
     """
     show = progress if progress is not None else len(images) > PROGRESS_THRESHOLD and sys.stderr.isatty()
     ok = True
     with tqdm(total=len(images), unit="image", file=sys.stderr, disable=not show, leave=False) as bar:
-
-        def emit(image: str, future: Future[Result]) -> None:
-            nonlocal ok
-            result = future.result()
+        for image, result in zip(images, results):
             bar.update()
             if result.ok:
                 for line in lines(image, result):
                     tqdm.write(line, file=sys.stdout)
-                return
+                continue
             ok = False
             label = describe(image)  # the host's errors start with it; print the reason once
             reason = (result.error or "").removeprefix(f"{label}: ")
             tqdm.write(f"blip2: {label}: {reason}", file=sys.stderr)
-
-        pending: deque[tuple[str, Future[Result]]] = deque()
-        for image in images:
-            pending.append((image, submit(image)))
-            while pending and (pending[0][1].done() or len(pending) >= WINDOW):
-                emit(*pending.popleft())
-        while pending:
-            emit(*pending.popleft())
     return ok
 
 
@@ -237,8 +224,8 @@ def caption(host: Host, gen: dict[str, Any], images: tuple[str, ...], prompt: st
     def record(image: str, result: Result) -> list[str]:
         return [_record(image, result, caption=result.text)]
 
-    submit = functools.partial(host.submit_caption, prompt=prompt, n=n, **gen)
-    return _run(images, submit, record if as_json else _plain(images), progress)
+    return _run(images, host.iter_captions(images, prompt=prompt, n=n, **gen), record if as_json else _plain(images),
+                progress)
 
 
 @click.command(epilog=_OUTPUT_HELP)
@@ -252,10 +239,7 @@ def ask(host: Host, gen: dict[str, Any], question: str, images: tuple[str, ...],
     def record(image: str, result: Result) -> list[str]:
         return [_record(image, result, question=question, answer=result.text)]
 
-    def submit(image: str) -> Future[Result]:
-        return host.submit_ask(image, question, **gen)
-
-    return _run(images, submit, record if as_json else _plain(images), progress)
+    return _run(images, host.iter_answers(images, question, **gen), record if as_json else _plain(images), progress)
 
 
 @click.command()

@@ -20,11 +20,13 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence, TypeVar, overload
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, overload
 
 import torch
 from PIL import Image
@@ -206,8 +208,9 @@ class Host:
         self.loaded.require("caption")
         opts = self.options(n=n, **options)
         if not isinstance(images, (list, tuple)):
-            return self._one(self._submit_images("caption", [images], [prompt or ""], opts, strict=True)[0])
-        return self._wait(self._submit_images("caption", list(images), _spread(prompt or "", len(images), "prompt"), opts))
+            return self._one(self._submit_one("caption", images, prompt or "", opts, strict=True))
+        prompts = _spread(prompt or "", len(images), "prompt")
+        return list(self._results(self._submit_images("caption", zip(images, prompts), opts)))
 
     def ask(self, images: Any, question: str | Sequence[str], **options: Any) -> Any:
         """Answer questions: one image and one question -> Result; lists -> list[Result].
@@ -221,13 +224,33 @@ class Host:
         assert family is not None
         if isinstance(question, str) and not isinstance(images, (list, tuple)):
             prompt = family.render_question(question)
-            return self._one(self._submit_images("ask", [images], [prompt], opts, strict=True)[0])
+            return self._one(self._submit_one("ask", images, prompt, opts, strict=True))
         if not isinstance(images, (list, tuple)):
             features = self.encode(images)
             return self._wait([self.submit_features("ask", features, family.render_question(q), opts)
                                for q in question])
-        questions = _spread(question, len(images), "question")
-        return self._wait(self._submit_images("ask", list(images), [family.render_question(q) for q in questions], opts))
+        prompts = [family.render_question(q) for q in _spread(question, len(images), "question")]
+        return list(self._results(self._submit_images("ask", zip(images, prompts), opts)))
+
+    def iter_captions(self, images: Iterable[Any], *, prompt: str | None = None, n: int = 1,
+                      **options: Any) -> Iterator[Result]:
+        """Caption any number of images (any iterable, e.g. a generator of paths): one Result each, in order.
+
+        Images are read chunk by chunk while the worker captions the chunk before, and at most two
+        chunks are held at once, so memory stays flat however long the input. A bad image gives a
+        Result with ``error`` set. Options are checked now, before the first image is read.
+        """
+        self.loaded.require("caption")
+        opts = self.options(n=n, **options)
+        return self._results(self._submit_images("caption", ((image, prompt or "") for image in images), opts))
+
+    def iter_answers(self, images: Iterable[Any], question: str, **options: Any) -> Iterator[Result]:
+        """Ask one question of any number of images: :meth:`iter_captions`, answering instead."""
+        self.loaded.require("ask")
+        opts = self.options(**options)
+        assert self.loaded.family is not None
+        prompt = self.loaded.family.render_question(question)
+        return self._results(self._submit_images("ask", ((image, prompt) for image in images), opts))
 
     def chat(self, image: Any, *, system: str | None = None, **options: Any) -> Conversation:
         """Start a conversation about one image, encoded once, here; ``image=None`` chats without one."""
@@ -238,14 +261,14 @@ class Host:
     def submit_caption(self, image: Any, *, prompt: str | None = None, n: int = 1, **options: Any) -> Future[Result]:
         """Queue one caption; the future's result has ``error`` set if the item failed."""
         self.loaded.require("caption")
-        return self._submit_images("caption", [image], [prompt or ""], self.options(n=n, **options))[0]
+        return self._submit_one("caption", image, prompt or "", self.options(n=n, **options))
 
     def submit_ask(self, image: Any, question: str, **options: Any) -> Future[Result]:
         """Queue one question; the future's result has ``error`` set if the item failed."""
         self.loaded.require("ask")
         assert self.loaded.family is not None
         prompt = self.loaded.family.render_question(question)
-        return self._submit_images("ask", [image], [prompt], self.options(**options))[0]
+        return self._submit_one("ask", image, prompt, self.options(**options))
 
     # -- building blocks ------------------------------------------------------------------------
 
@@ -499,17 +522,20 @@ class Host:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _submit_images(self, task: str, images: list[Any], prompts: list[str], opts: GenerationOptions,
-                       *, strict: bool = False) -> list[Future[Result]]:
-        """Load, resize and normalise the images chunk by chunk, queueing each chunk as it is ready."""
+    def _submit_one(self, task: str, image: Any, prompt: str, opts: GenerationOptions, *,
+                    strict: bool = False) -> Future[Result]:
+        return next(self._submit_images(task, [(image, prompt)], opts, strict=strict))[0]
+
+    def _submit_images(self, task: str, items: Iterable[tuple[Any, str]], opts: GenerationOptions,
+                       *, strict: bool = False) -> Iterator[list[Future[Result]]]:
+        """Load, resize and normalise ``(image, prompt)`` items chunk by chunk; yield each chunk's
+        futures once it is queued (the next chunk is read only when the consumer asks for it)."""
         self._check_open()
         with self._preparing_lock:
             self._preparing += 1
         preparing = True
         try:
-            futures: list[Future[Result]] = []
-            for start in range(0, len(images), self.max_batch_size):
-                chunk = list(zip(images[start:start + self.max_batch_size], prompts[start:start + self.max_batch_size]))
+            for chunk in _chunks(items, self.max_batch_size):
                 began = time.perf_counter()
                 # On the pool even for one image: a burst of callers decodes at most loader_threads images at once.
                 prepared = list(self._loader.map(lambda item: self._prepare(*item), chunk))
@@ -523,19 +549,28 @@ class Host:
                 requests = {index: _Generate(task, chunk[index][1], opts,
                                              pixel_values=pixel_values[row], timings={"preprocess_s": spent})
                             for row, (index, _) in enumerate(good)}
-                for index, outcome in enumerate(prepared):
-                    if index not in requests:
-                        futures.append(_failed(self._failure(task, chunk[index][1], str(outcome))))
-                    else:
-                        futures.append(requests[index].future)
+                futures = [requests[index].future if index in requests
+                           else _failed(self._failure(task, chunk[index][1], str(outcome)))
+                           for index, outcome in enumerate(prepared)]
                 if preparing:  # before our first request: from now on the worker never waits for us
                     preparing = self._done_preparing()
                 for request in requests.values():
                     self._enqueue(request)
-            return futures
+                yield futures
         finally:
             if preparing:
                 self._done_preparing()
+
+    def _results(self, chunks: Iterator[list[Future[Result]]]) -> Iterator[Result]:
+        """The results of queued chunks in order, reading chunk k+1 while the worker runs chunk k:
+        at most two chunks are in flight."""
+        ahead: deque[list[Future[Result]]] = deque()
+        for futures in chunks:
+            ahead.append(futures)
+            if len(ahead) == 2:
+                yield from self._wait(ahead.popleft())
+        for futures in ahead:
+            yield from self._wait(futures)
 
     def _done_preparing(self) -> bool:
         with self._preparing_lock:
@@ -756,6 +791,12 @@ class Host:
         if request.task == "caption" and request.prompt and self.loaded.family.decoder_only:
             return (request.prompt + generated).strip()
         return generated.strip()
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def _spread(value: T | Sequence[T], count: int, what: str) -> list[T]:

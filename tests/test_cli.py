@@ -182,3 +182,16 @@ def test_plugins_json_lists_the_default_plugins() -> None:
     assert infos["blip2plugins.commands"] == {"name": "blip2plugins.commands", "version": None,
                                              "hooks": ["register_commands"], "builtin": True}
     assert infos["blip2plugins.presets"]["hooks"] == ["register_models"]
+
+
+@pytest.mark.parametrize("code, env, expected", [
+    ("_idle_threads_sleep(); import torch", {}, "PASSIVE"),
+    ("_idle_threads_sleep(); import torch", {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # the user's choice stands
+    ("import torch; _idle_threads_sleep()", {}, "None"),  # too late to matter: left alone
+])
+def test_the_command_lets_idle_openmp_threads_sleep(code: str, env: dict[str, str], expected: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    script = f"import os; from blip2plugins.cli import _idle_threads_sleep; {code}; print(os.environ.get('OMP_WAIT_POLICY'))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                            env={**clean, **env}, timeout=120)
+    assert result.stdout.strip() == expected, result.stderr

@@ -170,6 +170,34 @@ def test_many_threads_share_one_model_and_get_batched(tiny_opt):
     assert after["batches"] - before["batches"] < 16, "concurrent callers should share batches"
 
 
+def test_iter_captions_reads_an_endless_input_at_most_two_chunks_ahead(tiny_opt, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    pulled = []
+
+    def images():
+        for i in range(9):
+            pulled.append(i)
+            yield str(broken) if i == 4 else scene(i)
+
+    with Host.load(str(tiny_opt), max_batch_size=2) as host:
+        with pytest.raises(OptionError, match="num_beams"):
+            host.iter_captions(images(), num_beams=0)
+        assert pulled == [], "options are checked before any image is read"
+        results = host.iter_captions(images(), max_new_tokens=5)
+        first = next(results)
+        assert len(pulled) == 4, "chunk 0 is returned once chunk 1 is queued, and no later"
+        rest = list(results)
+        expected = host.caption([scene(i) for i in range(9) if i != 4], max_new_tokens=5)
+        answers = list(host.iter_answers((scene(i) for i in range(3)), "what is it?", max_new_tokens=4))
+        assert [r.text for r in answers] == [r.text for r in host.ask([scene(i) for i in range(3)], "what is it?",
+                                                                       max_new_tokens=4)]
+    got = [first, *rest]
+    assert len(got) == 9 and len(pulled) == 9
+    assert "broken.png" in got[4].error
+    assert [r.text for r in got[:4] + got[5:]] == [r.text for r in expected]
+
+
 def test_results_carry_model_version_and_timings(hosts):
     result = hosts["opt"].caption(scene(0), max_new_tokens=4)
     assert result.model == hosts["opt"].name
