@@ -15,11 +15,13 @@ text of one request while it is generated.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -110,6 +112,16 @@ class _Swap:
 
 
 _STOP = object()
+_OPEN: weakref.WeakSet[Host] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_hosts() -> None:
+    """Stop the workers of hosts nobody closed before the interpreter tears torch down: a worker
+    thread still alive then made about one exit in twenty abort ("terminate called without an
+    active exception", status 134)."""
+    for host in list(_OPEN):
+        host.close()
 
 
 class Host:
@@ -134,6 +146,7 @@ class Host:
         self._stats = {"batches": 0, "items": 0, "encoded": 0, "largest_batch": 0}
         self._worker = threading.Thread(target=self._serve, name="blip2-host", daemon=True)
         self._worker.start()
+        _OPEN.add(self)
 
     @classmethod
     def load(cls, model: str = "demo", *, device: str = "auto", dtype: str = "auto", quantize: str | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -238,6 +240,20 @@ def test_a_closed_host_refuses_work(tiny_opt):
         host.caption([scene(0), scene(1)])
     with pytest.raises(Blip2Error, match="closed"):
         host.encode([scene(0), scene(1)])
+
+
+def test_a_host_nobody_closed_is_closed_at_exit(tiny_opt):
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('worker alive at exit:', host._worker.is_alive()))\n"  # runs after the host's handler
+        "from PIL import Image\n"
+        "from blip2plugins.host import Host\n"
+        f"host = Host.load({str(tiny_opt)!r})\n"
+        "host.caption(Image.new('RGB', (32, 32)), max_new_tokens=2)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "worker alive at exit: False" in done.stdout
 
 
 def test_a_closed_host_refuses_retrieval_work(tiny_retrieval):
