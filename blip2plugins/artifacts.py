@@ -50,8 +50,13 @@ def save(model: torch.nn.Module, method: str, folder: str | Path, *, base_model:
 
         if not isinstance(model, PeftModel):
             raise TypeError("method 'lora' saves a peft.PeftModel (prepare it with training.apply_method)")
-        model.peft_config["default"].base_model_name_or_path = base_model
-        model.save_pretrained(str(out))
+        config = model.peft_config["default"]
+        config.base_model_name_or_path = base_model
+        # peft's default ("auto") asks the hub whether the base model's vocabulary differs: a network
+        # call at every save. Training here never resizes the vocabulary, so embeddings are saved only
+        # when the LoRA targets them.
+        targeted = any(name in str(config.target_modules) for name in ("embed_tokens", "lm_head"))
+        model.save_pretrained(str(out), save_embedding_layers=targeted)
         return out
     tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
     if not tensors:

@@ -44,6 +44,7 @@ from .types import ImageEmbedding, Result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 #: ``fast_preprocess``: box-reduce to within 3x of the target before the bicubic pass (measured on a
 #: 640x480 image to 48 px: 0.56 vs 1.65 ms, mean difference 0.11 grey levels, at most 4).
 _REDUCING_GAP = 3.0
@@ -79,6 +80,10 @@ class _Encode:
 
     def key(self) -> object:
         return ("encode", self.itc)
+
+
+#: A chunk of image embeddings being computed: each with its worker future, or None when the image failed.
+_Embeddings = list[tuple[ImageEmbedding, "Future[torch.Tensor] | None"]]
 
 
 @dataclass(eq=False)
@@ -223,7 +228,7 @@ class Host:
         if not isinstance(images, (list, tuple)):
             return self._one(self._submit_one("caption", images, prompt or "", opts, strict=True))
         prompts = _spread(prompt or "", len(images), "prompt")
-        return list(self._results(self._submit_images("caption", zip(images, prompts), opts)))
+        return list(self._in_order(self._submit_images("caption", zip(images, prompts), opts), self._wait))
 
     def ask(self, images: Any, question: str | Sequence[str], **options: Any) -> Any:
         """Answer questions: one image and one question -> Result; lists -> list[Result].
@@ -243,7 +248,7 @@ class Host:
             return self._wait([self.submit_features("ask", features, family.render_question(q), opts)
                                for q in question])
         prompts = [family.render_question(q) for q in _spread(question, len(images), "question")]
-        return list(self._results(self._submit_images("ask", zip(images, prompts), opts)))
+        return list(self._in_order(self._submit_images("ask", zip(images, prompts), opts), self._wait))
 
     def iter_captions(self, images: Iterable[Any], *, prompt: str | None = None, n: int = 1,
                       **options: Any) -> Iterator[Result]:
@@ -255,7 +260,7 @@ class Host:
         """
         self.loaded.require("caption")
         opts = self.options(n=n, **options)
-        return self._results(self._submit_images("caption", ((image, prompt or "") for image in images), opts))
+        return self._in_order(self._submit_images("caption", ((image, prompt or "") for image in images), opts), self._wait)
 
     def iter_answers(self, images: Iterable[Any], question: str, **options: Any) -> Iterator[Result]:
         """Ask one question of any number of images: :meth:`iter_captions`, answering instead."""
@@ -263,7 +268,7 @@ class Host:
         opts = self.options(**options)
         assert self.loaded.family is not None
         prompt = self.loaded.family.render_question(question)
-        return self._results(self._submit_images("ask", ((image, prompt) for image in images), opts))
+        return self._in_order(self._submit_images("ask", ((image, prompt) for image in images), opts), self._wait)
 
     def chat(self, image: Any, *, system: str | None = None, **options: Any) -> Conversation:
         """Start a conversation about one image, encoded once, here; ``image=None`` chats without one."""
@@ -356,10 +361,13 @@ class Host:
             if not embedding.ok:
                 raise Blip2Error(embedding.error)
             return embedding
-        queued: list[tuple[ImageEmbedding, Future[torch.Tensor] | None]] = []
-        for start in range(0, len(images), self.max_batch_size):  # a chunk loads while the worker embeds the last
-            queued += self._embed_chunk(list(images[start:start + self.max_batch_size]), head)
-        return self._finish_embeddings(queued)
+        return list(self.iter_embeddings(images))
+
+    def iter_embeddings(self, images: Iterable[Any]) -> Iterator[ImageEmbedding]:
+        """:meth:`embed_images` for any number of images (any iterable), in order: images are read
+        chunk by chunk while the worker embeds the chunk before, and at most two chunks are held."""
+        head = self._retrieval("embed")
+        return self._in_order(self._submit_embeddings(images, head), self._finish_embeddings)
 
     @overload
     def embed_texts(self, texts: str) -> torch.Tensor: ...
@@ -422,23 +430,25 @@ class Host:
         assert self.loaded.retrieval is not None
         return self.loaded.retrieval
 
-    def _embed_chunk(self, images: list[Any], head: models.RetrievalModel) -> list[tuple[ImageEmbedding, Future[torch.Tensor] | None]]:
-        """Load and resize a chunk of images in parallel and queue the good ones for embedding."""
-        prepared = list(self._loader.map(self._load_for_itc, images))
-        good = [im for im in prepared if isinstance(im, Image.Image)]
-        rows = iter(self._normalise(good, itc=True) if good else [])
-        queued: list[tuple[ImageEmbedding, Future[torch.Tensor] | None]] = []
-        for image, outcome in zip(images, prepared):
-            embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(image))
-            if isinstance(outcome, Image.Image):
-                queued.append((embedding, self._enqueue(_Encode(next(rows), itc=True))))
-            else:
-                embedding.error = str(outcome)
-                queued.append((embedding, None))
-        return queued
+    def _submit_embeddings(self, images: Iterable[Any], head: models.RetrievalModel) -> Iterator[_Embeddings]:
+        """Load and resize the images chunk by chunk, in parallel, and queue the good ones for embedding."""
+        self._check_open()
+        for chunk in _chunks(images, self.max_batch_size):
+            prepared = list(self._loader.map(self._load_for_itc, chunk))
+            good = [im for im in prepared if isinstance(im, Image.Image)]
+            rows = iter(self._normalise(good, itc=True) if good else [])
+            queued: _Embeddings = []
+            for image, outcome in zip(chunk, prepared):
+                embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(image))
+                if isinstance(outcome, Image.Image):
+                    queued.append((embedding, self._enqueue(_Encode(next(rows), itc=True))))
+                else:
+                    embedding.error = str(outcome)
+                    queued.append((embedding, None))
+            yield queued
 
     @staticmethod
-    def _finish_embeddings(queued: list[tuple[ImageEmbedding, Future[torch.Tensor] | None]]) -> list[ImageEmbedding]:
+    def _finish_embeddings(queued: _Embeddings) -> list[ImageEmbedding]:
         for embedding, future in queued:
             if future is None:
                 continue
@@ -574,16 +584,17 @@ class Host:
             if preparing:
                 self._done_preparing()
 
-    def _results(self, chunks: Iterator[list[Future[Result]]]) -> Iterator[Result]:
-        """The results of queued chunks in order, reading chunk k+1 while the worker runs chunk k:
-        at most two chunks are in flight."""
-        ahead: deque[list[Future[Result]]] = deque()
-        for futures in chunks:
-            ahead.append(futures)
+    @staticmethod
+    def _in_order(chunks: Iterator[list[T]], finish: Callable[[list[T]], list[R]]) -> Iterator[R]:
+        """The finished items of queued chunks, in order. Chunk k is finished (waited for) only once
+        chunk k+1 is queued, so the worker always has the next chunk while at most two are held."""
+        ahead: deque[list[T]] = deque()
+        for chunk in chunks:
+            ahead.append(chunk)
             if len(ahead) == 2:
-                yield from self._wait(ahead.popleft())
-        for futures in ahead:
-            yield from self._wait(futures)
+                yield from finish(ahead.popleft())
+        for chunk in ahead:
+            yield from finish(chunk)
 
     def _done_preparing(self) -> bool:
         with self._preparing_lock:

@@ -31,11 +31,10 @@ import os
 import struct
 import sys
 import threading
-from collections import deque
 from contextlib import contextmanager
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
@@ -466,19 +465,11 @@ def add_images(host: Host, index: ImageIndex, sources: Iterable[str], *, batch_s
 
 
 def _embedded(host: Host, refs: list[str], size: int) -> Iterator[tuple[list[str], list[ImageEmbedding]]]:
-    """Embed ``refs`` in chunks of ``size``, in order. Two chunks are in flight, so the next one
-    loads while the host embeds this one, and memory stays bounded."""
-    with ThreadPoolExecutor(2, "blip2-index") as pool:
-        pending: deque[tuple[list[str], Future[list[ImageEmbedding]]]] = deque()
-        for start in range(0, len(refs), size):
-            chunk = refs[start:start + size]
-            pending.append((chunk, pool.submit(host.embed_images, chunk)))
-            if len(pending) == 2:
-                chunk, future = pending.popleft()
-                yield chunk, future.result()
-        while pending:
-            chunk, future = pending.popleft()
-            yield chunk, future.result()
+    """Embed ``refs`` in order, ``size`` at a time (the host reads the next chunk while it embeds this one)."""
+    embeddings = host.iter_embeddings(refs)
+    for start in range(0, len(refs), size):
+        chunk = refs[start:start + size]
+        yield chunk, list(islice(embeddings, len(chunk)))
 
 
 def search(host: Host, index: ImageIndex, query: Any, *, k: int = 5, image: bool = False,

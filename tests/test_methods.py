@@ -109,6 +109,19 @@ def test_saved_lora_reloads_onto_a_fresh_base_with_identical_outputs(request, tm
                                    trained.eval()(pixel_values=pixel, input_ids=ids, labels=labels).logits)
 
 
+def test_saving_a_lora_asks_no_hub(tiny_opt, tmp_path, monkeypatch) -> None:
+    import peft.utils.save_and_load as peft_save
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("peft asked the hub")
+
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", no_network)
+    loaded = models.load(str(tiny_opt))
+    model = apply_method(loaded.model, TrainConfig(method="lora", progress=False))
+    out = artifacts.save(model, "lora", tmp_path / "lora", base_model="Salesforce/blip2-opt-2.7b")
+    assert (out / "adapter_model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("method", ["qformer", "full"])
 def test_weights_artifact_holds_the_trained_subset_and_reloads_identically(tiny_opt, tmp_path, method: str) -> None:
     config = TrainConfig(method=method, steps=6, batch_size=4, lr=2e-2, warmup=1, progress=False)

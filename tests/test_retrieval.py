@@ -106,6 +106,24 @@ def test_a_bad_image_fails_alone_in_a_list(host: Host, tmp_path: Path) -> None:
         host.match(str(tmp_path / "missing.png"), "a dog")
 
 
+def test_iter_embeddings_reads_at_most_two_chunks_ahead(host: Host) -> None:
+    pulled = []
+
+    def images():
+        for i, image in enumerate(_images() * 2):  # 10 images, chunks of 3
+            pulled.append(i)
+            yield image
+
+    embeddings = host.iter_embeddings(images())
+    first = next(embeddings)
+    assert len(pulled) == 6, "chunk 0 is returned once chunk 1 is queued, and no later"
+    got = [first, *embeddings]
+    assert len(got) == 10 and len(pulled) == 10
+    expected = host.embed_images(_images())
+    for a, b in zip(got, expected * 2):
+        assert torch.equal(a.queries, b.queries)
+
+
 def test_bad_texts_and_shapes_are_refused(host: Host) -> None:
     with pytest.raises(OptionError, match="2 texts for 3 images"):
         host.match(_images()[:3], TEXTS[:2])
