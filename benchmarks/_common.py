@@ -21,8 +21,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# As the ``blip2`` command runs (see blip2plugins.cli): idle OpenMP threads sleep rather than spin.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -65,7 +63,7 @@ def setup(args: argparse.Namespace, title: str) -> None:
     torch.set_num_threads(args.threads)
     load1, load5, _ = os.getloadavg()
     print(f"== {title}")
-    print(f"torch {torch.__version__}, threads {args.threads}, OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']}, "
+    print(f"torch {torch.__version__}, threads {args.threads}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"cpus {os.cpu_count()}, "
           f"load average {load1:.2f} (1 min) {load5:.2f} (5 min)")
     if load1 > 0.5:
