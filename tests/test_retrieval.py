@@ -91,6 +91,17 @@ def test_results_do_not_depend_on_the_batch(tiny_retrieval: Path, host: Host) ->
         assert alone.match(images[:2], TEXTS[:2]) == pytest.approx(host.match(images[:2], TEXTS[:2]), abs=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_retrieval_agrees_with_float32(tiny_retrieval: Path, host: Host, dtype: str) -> None:
+    images = _images()[:3]
+    with Host.load(str(tiny_retrieval), dtype=dtype) as half:
+        assert half.loaded.retrieval.model.vision_model.dtype == getattr(torch, dtype)
+        torch.testing.assert_close(half.similarity(images, TEXTS), host.similarity(images, TEXTS), atol=0.03, rtol=0)
+        assert half.match(images, TEXTS[:3]) == pytest.approx(host.match(images, TEXTS[:3]), abs=0.03)
+        embedding = half.embed_images(images[0])
+        assert embedding.pooled.dtype == torch.float32 and half.embed_texts(TEXTS).dtype == torch.float32
+
+
 def test_a_bad_image_fails_alone_in_a_list(host: Host, tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
