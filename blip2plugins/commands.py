@@ -147,7 +147,7 @@ def _run(images: tuple[str, ...], results: Iterator[Result], lines: Callable[[st
     """Print each image's result as it comes, in input order; returns True when every image succeeded.
 
     ``results`` is the host's ``iter_*`` over ``images``: it reads the images in parallel, chunk by
-    chunk, and holds at most two chunks, so memory stays bounded for long lists.
+    chunk, and holds at most three chunks, so memory stays bounded for long lists.
     """
     show = progress if progress is not None else len(images) > PROGRESS_THRESHOLD and sys.stderr.isatty()
     ok = True

@@ -254,7 +254,7 @@ class Host:
                       **options: Any) -> Iterator[Result]:
         """Caption any number of images (any iterable, e.g. a generator of paths): one Result each, in order.
 
-        Images are read chunk by chunk while the worker captions the chunk before, and at most two
+        Images are read chunk by chunk while the worker captions the chunks before, and at most three
         chunks are held at once, so memory stays flat however long the input. A bad image gives a
         Result with ``error`` set. Options are checked now, before the first image is read.
         """
@@ -365,7 +365,7 @@ class Host:
 
     def iter_embeddings(self, images: Iterable[Any]) -> Iterator[ImageEmbedding]:
         """:meth:`embed_images` for any number of images (any iterable), in order: images are read
-        chunk by chunk while the worker embeds the chunk before, and at most two chunks are held."""
+        chunk by chunk while the worker embeds the chunks before, and at most three chunks are held."""
         head = self._retrieval("embed")
         return self._in_order(self._submit_embeddings(images, head), self._finish_embeddings)
 
@@ -433,8 +433,7 @@ class Host:
     def _submit_embeddings(self, images: Iterable[Any], head: models.RetrievalModel) -> Iterator[_Embeddings]:
         """Load and resize the images chunk by chunk, in parallel, and queue the good ones for embedding."""
         self._check_open()
-        for chunk in _chunks(images, self.max_batch_size):
-            prepared = list(self._loader.map(self._load_for_itc, chunk))
+        for chunk, prepared, _ in self._prefetched(images, self._load_for_itc):
             good = [im for im in prepared if isinstance(im, Image.Image)]
             rows = iter(self._normalise(good, itc=True) if good else [])
             queued: _Embeddings = []
@@ -558,10 +557,7 @@ class Host:
             self._preparing += 1
         preparing = True
         try:
-            for chunk in _chunks(items, self.max_batch_size):
-                began = time.perf_counter()
-                # On the pool even for one image: a burst of callers decodes at most loader_threads images at once.
-                prepared = list(self._loader.map(lambda item: self._prepare(*item), chunk))
+            for chunk, prepared, began in self._prefetched(items, lambda item: self._prepare(*item)):
                 if strict:
                     for outcome in prepared:
                         if isinstance(outcome, Blip2Error):
@@ -584,10 +580,25 @@ class Host:
             if preparing:
                 self._done_preparing()
 
+    def _prefetched(self, items: Iterable[T], prepare: Callable[[T], R]) -> Iterator[tuple[list[T], list[R], float]]:
+        """``(chunk, prepared, submitted)`` for each chunk of ``max_batch_size`` items, prepared on the
+        loader threads (even a single image: a burst of callers decodes at most ``loader_threads``
+        images at once); ``submitted`` is when its loading began. The next chunk is already loading
+        while the caller handles this one."""
+        ahead: tuple[list[T], list[Future[R]], float] | None = None
+        for chunk in _chunks(items, self.max_batch_size):
+            loading = chunk, [self._loader.submit(prepare, item) for item in chunk], time.perf_counter()
+            if ahead is not None:
+                yield ahead[0], [f.result() for f in ahead[1]], ahead[2]
+            ahead = loading
+        if ahead is not None:
+            yield ahead[0], [f.result() for f in ahead[1]], ahead[2]
+
     @staticmethod
     def _in_order(chunks: Iterator[list[T]], finish: Callable[[list[T]], list[R]]) -> Iterator[R]:
         """The finished items of queued chunks, in order. Chunk k is finished (waited for) only once
-        chunk k+1 is queued, so the worker always has the next chunk while at most two are held."""
+        chunk k+1 is queued, so the worker always has the next chunk; with the chunk loading after
+        that (:meth:`_prefetched`), at most three chunks are held."""
         ahead: deque[list[T]] = deque()
         for chunk in chunks:
             ahead.append(chunk)

@@ -172,7 +172,7 @@ def test_many_threads_share_one_model_and_get_batched(tiny_opt):
     assert after["batches"] - before["batches"] < 16, "concurrent callers should share batches"
 
 
-def test_iter_captions_reads_an_endless_input_at_most_two_chunks_ahead(tiny_opt, tmp_path):
+def test_iter_captions_reads_a_long_input_at_most_three_chunks_ahead(tiny_opt, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png at all")
     pulled = []
@@ -188,7 +188,7 @@ def test_iter_captions_reads_an_endless_input_at_most_two_chunks_ahead(tiny_opt,
         assert pulled == [], "options are checked before any image is read"
         results = host.iter_captions(images(), max_new_tokens=5)
         first = next(results)
-        assert len(pulled) == 4, "chunk 0 is returned once chunk 1 is queued, and no later"
+        assert len(pulled) == 6, "chunk 0 is returned once chunk 1 is queued and chunk 2 loading, no later"
         rest = list(results)
         expected = host.caption([scene(i) for i in range(9) if i != 4], max_new_tokens=5)
         answers = list(host.iter_answers((scene(i) for i in range(3)), "what is it?", max_new_tokens=4))

@@ -117,7 +117,7 @@ def test_a_bad_image_fails_alone_in_a_list(host: Host, tmp_path: Path) -> None:
         host.match(str(tmp_path / "missing.png"), "a dog")
 
 
-def test_iter_embeddings_reads_at_most_two_chunks_ahead(host: Host) -> None:
+def test_iter_embeddings_reads_at_most_three_chunks_ahead(host: Host) -> None:
     pulled = []
 
     def images():
@@ -127,7 +127,7 @@ def test_iter_embeddings_reads_at_most_two_chunks_ahead(host: Host) -> None:
 
     embeddings = host.iter_embeddings(images())
     first = next(embeddings)
-    assert len(pulled) == 6, "chunk 0 is returned once chunk 1 is queued, and no later"
+    assert len(pulled) == 9, "chunk 0 is returned once chunk 1 is queued and chunk 2 loading, no later"
     got = [first, *embeddings]
     assert len(got) == 10 and len(pulled) == 10
     expected = host.embed_images(_images())
