@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
 import sys
+from collections import deque
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 from tqdm import tqdm
@@ -16,7 +18,7 @@ from tqdm import tqdm
 from .errors import Blip2Error, ImageError, OptionError
 from .generation import GenerationOptions
 from .hookspecs import hookimpl
-from .images import describe
+from .images import describe, folder_images
 from .plugins import model_presets, plugin_info
 from .types import Result
 
@@ -40,6 +42,10 @@ GENERATION_FLAGS = {
 }
 _FLAGS = {**GENERATION_FLAGS, "n": "--num-captions"}
 _OUTPUT_HELP = """
+
+IMAGE is a path, a folder (its image files, recursively, in sorted order) or a reference an
+image source plugin knows, e.g. a URL. For long lists use --files-from: it streams, so a
+million paths need no shell globbing.
 
 Output: one line per result on stdout, in input order. With one image the line is the text
 alone; with several it is IMAGE, a tab and the text (`cut -f2` keeps the text). --json prints
@@ -79,6 +85,11 @@ generation_options = _options(
     click.option("--repetition-penalty", type=float, help="Penalty for repeated tokens (1 = none)."),
     click.option("--no-repeat-ngram-size", type=int, help="Never repeat an n-gram of this size."),
     click.option("--seed", type=int, help="Random seed, for reproducible sampling."),
+)
+input_options = _options(
+    click.argument("images", nargs=-1, metavar="[IMAGE]..."),
+    click.option("--files-from", type=click.File("r", encoding="utf-8"), metavar="FILE",
+                 help="Read more IMAGEs from FILE, one per line ('-': standard input)."),
 )
 output_options = _options(
     click.option("--json", "as_json", is_flag=True, help="Print JSON lines."),
@@ -142,17 +153,63 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _run(images: tuple[str, ...], results: Iterator[Result], lines: Callable[[str, Result], list[str]],
-         progress: bool | None) -> bool:
+@dataclasses.dataclass
+class _Inputs:
+    """The images of a command: the IMAGE arguments (folders expanded), then --files-from's lines."""
+
+    given: list[str]
+    lines: IO[str] | None = None
+    empty: list[str] = dataclasses.field(default_factory=list)  # folders without image files
+
+    @classmethod
+    def of(cls, images: tuple[str, ...], files_from: IO[str] | None) -> _Inputs:
+        if not images and files_from is None:
+            raise click.UsageError("no images: give IMAGE arguments or --files-from FILE")
+        inputs = cls([], files_from)
+        for image in images:
+            found = folder_images(image) if os.path.isdir(image) else [image]
+            if not found:
+                inputs.empty.append(image)
+            inputs.given += found
+        return inputs
+
+    @property
+    def total(self) -> int | None:
+        return len(self.given) if self.lines is None else None
+
+    def single(self) -> bool:
+        """One image, named on the command line: its output lines carry no IMAGE column."""
+        return self.total == 1 and not self.empty
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.given
+        for line in self.lines or ():
+            if line.strip():
+                yield line.rstrip("\r\n")
+
+
+def _run(inputs: _Inputs, results: Callable[[Iterator[str]], Iterator[Result]],
+         lines: Callable[[str, Result], list[str]], progress: bool | None) -> bool:
     """Print each image's result as it comes, in input order; returns True when every image succeeded.
 
-    ``results`` is the host's ``iter_*`` over ``images``: it reads the images in parallel, chunk by
-    chunk, and holds at most three chunks, so memory stays bounded for long lists.
+    ``results`` is the host's ``iter_*``: it reads the images in parallel, chunk by chunk, and holds
+    at most three chunks, so memory stays bounded however many images come.
     """
-    show = progress if progress is not None else len(images) > PROGRESS_THRESHOLD and sys.stderr.isatty()
-    ok = True
-    with tqdm(total=len(images), unit="image", file=sys.stderr, disable=not show, leave=False) as bar:
-        for image, result in zip(images, results):
+    many = inputs.total is None or inputs.total > PROGRESS_THRESHOLD
+    show = progress if progress is not None else many and sys.stderr.isatty()
+    ok = not inputs.empty
+    for folder in inputs.empty:
+        click.echo(f"blip2: {folder}: no image files in this folder", err=True)
+    read: deque[str] = deque()  # the images the host has taken, whose results are still to come
+
+    def feed() -> Iterator[str]:
+        for image in inputs:
+            read.append(image)
+            yield image
+
+    with tqdm(total=inputs.total, unit="image", file=sys.stderr, disable=not show, leave=False) as bar:
+        for result in results(feed()):
+            image = read.popleft()
             bar.update()
             if result.ok:
                 for line in lines(image, result):
@@ -170,8 +227,8 @@ def _texts(result: Result) -> list[str]:
     return [text for text, _ in result.candidates] or [result.text]
 
 
-def _plain(images: tuple[str, ...]) -> Callable[[str, Result], list[str]]:
-    if len(images) == 1:
+def _plain(inputs: _Inputs) -> Callable[[str, Result], list[str]]:
+    if inputs.single():
         return lambda image, result: [_one_line(text) for text in _texts(result)]
     return lambda image, result: [f"{image}\t{_one_line(text)}" for text in _texts(result)]
 
@@ -193,6 +250,8 @@ def _host_command(function: Callable[..., bool]) -> Callable[..., None]:
     def command(model: str | None, adapter: str | None, device: str, dtype: str, quantize: str | None,
                 fast_preprocess: bool, **params: Any) -> None:
         gen = _generation(params)
+        if "images" in params:  # before the slow model load, like the options
+            params["images"] = _Inputs.of(params["images"], params.pop("files_from"))
         if not model:
             model = DEMO_MODEL
             click.echo("blip2: note: using the bundled demo model, which only knows synthetic shapes; pick another "
@@ -210,36 +269,37 @@ def _host_command(function: Callable[..., bool]) -> Callable[..., None]:
 
 
 @click.command(epilog=_OUTPUT_HELP)
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@input_options
 @click.option("--prompt", help="Text the captions start with (the model continues it).")
 @click.option("-n", "--num-captions", "n", type=int, default=1, show_default=True, help="Captions per image.")
 @output_options
 @_host_command
-def caption(host: Host, gen: dict[str, Any], images: tuple[str, ...], prompt: str | None, n: int, as_json: bool,
+def caption(host: Host, gen: dict[str, Any], images: _Inputs, prompt: str | None, n: int, as_json: bool,
             progress: bool | None) -> bool:
-    """Caption each IMAGE (a path, or a reference an image source plugin knows, e.g. a URL).
+    """Caption each IMAGE.
 
     With -n N each image gets N lines (or JSON "candidates"), best first.
     """
     def record(image: str, result: Result) -> list[str]:
         return [_record(image, result, caption=result.text)]
 
-    return _run(images, host.iter_captions(images, prompt=prompt, n=n, **gen), record if as_json else _plain(images),
-                progress)
+    return _run(images, lambda refs: host.iter_captions(refs, prompt=prompt, n=n, **gen),
+                record if as_json else _plain(images), progress)
 
 
 @click.command(epilog=_OUTPUT_HELP)
 @click.argument("question")
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@input_options
 @output_options
 @_host_command
-def ask(host: Host, gen: dict[str, Any], question: str, images: tuple[str, ...], as_json: bool,
+def ask(host: Host, gen: dict[str, Any], question: str, images: _Inputs, as_json: bool,
         progress: bool | None) -> bool:
     """Answer QUESTION about each IMAGE, like grep: the question first, then the files."""
     def record(image: str, result: Result) -> list[str]:
         return [_record(image, result, question=question, answer=result.text)]
 
-    return _run(images, host.iter_answers(images, question, **gen), record if as_json else _plain(images), progress)
+    return _run(images, lambda refs: host.iter_answers(refs, question, **gen), record if as_json else _plain(images),
+                progress)
 
 
 @click.command()

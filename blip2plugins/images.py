@@ -94,6 +94,18 @@ def load_image(
     return _decode(loaded, description, limits, draft)
 
 
+def is_image_file(name: str) -> bool:
+    """Whether a file name has an extension Pillow can open."""
+    Image.init()
+    return Image.registered_extensions().get(os.path.splitext(name)[1].lower()) in Image.OPEN
+
+
+def folder_images(folder: str) -> list[str]:
+    """The image files under ``folder`` (by extension, recursively), sorted, joined onto ``folder``."""
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                  if is_image_file(name))
+
+
 def read_limited(stream: IO[bytes], max_bytes: int, source: str) -> bytes:
     """Read a binary stream to its end, but never more than ``max_bytes`` + 1 bytes.
 

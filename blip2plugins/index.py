@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from .errors import ImageError, IndexFileError, OptionError
 from .files import write_atomic
+from .images import folder_images, is_image_file
 from .types import ImageEmbedding
 
 try:
@@ -405,12 +405,6 @@ def _array(value: Any) -> np.ndarray:
 # -- with a host ----------------------------------------------------------------------------------
 
 
-def is_image_file(name: str) -> bool:
-    """Whether a file name has an extension Pillow can open."""
-    Image.init()
-    return Image.registered_extensions().get(os.path.splitext(name)[1].lower()) in Image.OPEN
-
-
 def image_files(sources: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Expand folders (recursively, image files only, sorted) and keep other references as given.
 
@@ -421,8 +415,7 @@ def image_files(sources: Iterable[str]) -> tuple[list[str], list[tuple[str, str]
     empty: list[tuple[str, str]] = []
     for source in sources:
         if os.path.isdir(source):
-            found = sorted(os.path.abspath(os.path.join(root, name)) for root, _, names in os.walk(source)
-                           for name in names if is_image_file(name))
+            found = [os.path.abspath(path) for path in folder_images(source)]
             if not found:
                 empty.append((source, "no image files in this folder"))
             refs += found

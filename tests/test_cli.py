@@ -89,6 +89,35 @@ def test_bad_images_are_reported_and_the_others_processed(tiny_opt: Path, images
     assert errors[1] == f"blip2: {images['missing']}: file not found"
 
 
+def test_folders_expand_to_their_image_files_and_an_empty_one_is_reported(tiny_opt: Path, tmp_path: Path) -> None:
+    (tmp_path / "b" / "deeper").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    for name in ("b/deeper/z.png", "b/a.jpg", "a.png"):
+        Image.new("RGB", (40, 40), (200, 40, 40)).save(tmp_path / name)
+    (tmp_path / "b" / "notes.txt").write_text("not an image file name: skipped")
+    result = blip2("caption", str(tmp_path / "b"), str(tmp_path / "a.png"), str(tmp_path / "empty"),
+                   "--model", str(tiny_opt), "--max-new-tokens", "3")
+    assert result.returncode == 1
+    assert [line.split("\t")[0] for line in lines(result.stdout)] == [
+        str(tmp_path / "b" / "a.jpg"), str(tmp_path / "b" / "deeper" / "z.png"), str(tmp_path / "a.png")]
+    assert lines(result.stderr) == [f"blip2: {tmp_path / 'empty'}: no image files in this folder"]
+
+
+def test_files_from_stdin_streams_in_order(tiny_opt: Path, images: dict[str, str]) -> None:
+    listing = f"{images['blue']}\n\n{images['missing']}\n{images['red']}\n"
+    result = blip2("ask", "how many shapes?", images["red"], "--files-from", "-", "--json", "--model", str(tiny_opt),
+                   "--max-new-tokens", "3", stdin=listing)
+    assert result.returncode == 1
+    assert [json.loads(line)["image"] for line in lines(result.stdout)] == [images["red"], images["blue"], images["red"]]
+    assert lines(result.stderr) == [f"blip2: {images['missing']}: file not found"]
+
+
+def test_no_images_is_a_usage_error() -> None:
+    result = blip2("caption", "--model", "no-such-model")
+    assert result.returncode == 2
+    assert "no images: give IMAGE arguments or --files-from FILE" in result.stderr
+
+
 @pytest.mark.parametrize(("args", "flag"), [
     (["--temperature", "0", "--sample"], "--temperature"),
     (["--min-new-tokens", "9", "--max-new-tokens", "3"], "--min-new-tokens"),
