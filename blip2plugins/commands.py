@@ -88,7 +88,7 @@ generation_options = _options(
 )
 input_options = _options(
     click.argument("images", nargs=-1, metavar="[IMAGE]..."),
-    click.option("--files-from", type=click.File("r", encoding="utf-8"), metavar="FILE",
+    click.option("--files-from", type=click.File("rb"), metavar="FILE",
                  help="Read more IMAGEs from FILE, one per line ('-': standard input)."),
 )
 output_options = _options(
@@ -158,18 +158,18 @@ class _Inputs:
     """The images of a command: the IMAGE arguments (folders expanded), then --files-from's lines."""
 
     given: list[str]
-    lines: IO[str] | None = None
-    empty: list[str] = dataclasses.field(default_factory=list)  # folders without image files
+    lines: IO[bytes] | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)  # inputs that name no image, and why
 
     @classmethod
-    def of(cls, images: tuple[str, ...], files_from: IO[str] | None) -> _Inputs:
+    def of(cls, images: tuple[str, ...], files_from: IO[bytes] | None) -> _Inputs:
         if not images and files_from is None:
             raise click.UsageError("no images: give IMAGE arguments or --files-from FILE")
         inputs = cls([], files_from)
         for image in images:
             found = folder_images(image) if os.path.isdir(image) else [image]
             if not found:
-                inputs.empty.append(image)
+                inputs.problems.append(f"{image}: no image files in this folder")
             inputs.given += found
         return inputs
 
@@ -179,13 +179,21 @@ class _Inputs:
 
     def single(self) -> bool:
         """One image, named on the command line: its output lines carry no IMAGE column."""
-        return self.total == 1 and not self.empty
+        return self.total == 1 and not self.problems
 
     def __iter__(self) -> Iterator[str]:
         yield from self.given
-        for line in self.lines or ():
+        if self.lines is None:
+            return
+        for number, raw in enumerate(self.lines, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                self.problems.append(f"{self.lines.name}: line {number}: not UTF-8 text, skipped")
+                tqdm.write(f"blip2: {self.problems[-1]}", file=sys.stderr)
+                continue
             if line.strip():
-                yield line.rstrip("\r\n")
+                yield line
 
 
 def _run(inputs: _Inputs, results: Callable[[Iterator[str]], Iterator[Result]],
@@ -197,9 +205,8 @@ def _run(inputs: _Inputs, results: Callable[[Iterator[str]], Iterator[Result]],
     """
     many = inputs.total is None or inputs.total > PROGRESS_THRESHOLD
     show = progress if progress is not None else many and sys.stderr.isatty()
-    ok = not inputs.empty
-    for folder in inputs.empty:
-        click.echo(f"blip2: {folder}: no image files in this folder", err=True)
+    for problem in inputs.problems:
+        click.echo(f"blip2: {problem}", err=True)
     read: deque[str] = deque()  # the images the host has taken, whose results are still to come
 
     def feed() -> Iterator[str]:
@@ -207,6 +214,7 @@ def _run(inputs: _Inputs, results: Callable[[Iterator[str]], Iterator[Result]],
             read.append(image)
             yield image
 
+    ok = True
     with tqdm(total=inputs.total, unit="image", file=sys.stderr, disable=not show, leave=False) as bar:
         for result in results(feed()):
             image = read.popleft()
@@ -219,7 +227,7 @@ def _run(inputs: _Inputs, results: Callable[[Iterator[str]], Iterator[Result]],
             label = describe(image)  # the host's errors start with it; print the reason once
             reason = (result.error or "").removeprefix(f"{label}: ")
             tqdm.write(f"blip2: {label}: {reason}", file=sys.stderr)
-    return ok
+    return ok and not inputs.problems
 
 
 def _texts(result: Result) -> list[str]:

@@ -112,6 +112,16 @@ def test_files_from_stdin_streams_in_order(tiny_opt: Path, images: dict[str, str
     assert lines(result.stderr) == [f"blip2: {images['missing']}: file not found"]
 
 
+def test_a_files_from_line_that_is_not_utf8_is_reported_and_skipped(tiny_opt: Path, images: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"/photos/caf\xe9.png\n" + images["red"].encode() + b"\n")
+    result = blip2("caption", "--files-from", str(listing), "--model", str(tiny_opt), "--max-new-tokens", "3")
+    assert result.returncode == 1
+    assert [line.split("\t")[0] for line in lines(result.stdout)] == [images["red"]]
+    assert lines(result.stderr) == [f"blip2: {listing}: line 1: not UTF-8 text, skipped"]
+
+
 def test_no_images_is_a_usage_error() -> None:
     result = blip2("caption", "--model", "no-such-model")
     assert result.returncode == 2
