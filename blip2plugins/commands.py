@@ -159,13 +159,14 @@ class _Inputs:
 
     given: list[str]
     lines: IO[bytes] | None = None
+    single: bool = False  # one image, named on the command line: output lines carry no IMAGE column
     problems: list[str] = dataclasses.field(default_factory=list)  # inputs that name no image, and why
 
     @classmethod
     def of(cls, images: tuple[str, ...], files_from: IO[bytes] | None) -> _Inputs:
         if not images and files_from is None:
             raise click.UsageError("no images: give IMAGE arguments or --files-from FILE")
-        inputs = cls([], files_from)
+        inputs = cls([], files_from, single=len(images) == 1 and files_from is None and not os.path.isdir(images[0]))
         for image in images:
             found = folder_images(image) if os.path.isdir(image) else [image]
             if not found:
@@ -176,10 +177,6 @@ class _Inputs:
     @property
     def total(self) -> int | None:
         return len(self.given) if self.lines is None else None
-
-    def single(self) -> bool:
-        """One image, named on the command line: its output lines carry no IMAGE column."""
-        return self.total == 1 and not self.problems
 
     def __iter__(self) -> Iterator[str]:
         yield from self.given
@@ -236,7 +233,7 @@ def _texts(result: Result) -> list[str]:
 
 
 def _plain(inputs: _Inputs) -> Callable[[str, Result], list[str]]:
-    if inputs.single():
+    if inputs.single:
         return lambda image, result: [_one_line(text) for text in _texts(result)]
     return lambda image, result: [f"{image}\t{_one_line(text)}" for text in _texts(result)]
 

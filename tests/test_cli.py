@@ -101,6 +101,8 @@ def test_folders_expand_to_their_image_files_and_an_empty_one_is_reported(tiny_o
     assert [line.split("\t")[0] for line in lines(result.stdout)] == [
         str(tmp_path / "b" / "a.jpg"), str(tmp_path / "b" / "deeper" / "z.png"), str(tmp_path / "a.png")]
     assert lines(result.stderr) == [f"blip2: {tmp_path / 'empty'}: no image files in this folder"]
+    alone = blip2("caption", str(tmp_path / "b" / "deeper"), "--model", str(tiny_opt), "--max-new-tokens", "3")
+    assert alone.stdout.startswith(f"{tmp_path / 'b' / 'deeper' / 'z.png'}\t"), "a folder's lines name their image"
 
 
 def test_files_from_stdin_streams_in_order(tiny_opt: Path, images: dict[str, str]) -> None:
