@@ -181,7 +181,7 @@ def train_demo(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT_SEED, ste
         "first_loss": round(report.first_loss, 4), "final_loss": round(report.final_loss, 5),
         "metrics": {k: v for k, v in metrics.items() if k != "mistakes"},
         "mistakes": metrics["mistakes"],
-        "torch": torch.__version__, "transformers": _version("transformers"), "python": platform.python_version(),
+        **software_versions(),
     }
     facts["size_bytes"] = write_card(out, lambda size: model_card(facts, size))
     return facts
@@ -198,10 +198,11 @@ def write_card(out: Path, card: Callable[[int], str]) -> int:
     return size
 
 
-def _version(package: str) -> str:
+def software_versions() -> dict[str, str]:
+    """The torch, transformers and Python versions a model was trained with, for its card."""
     from importlib.metadata import version
 
-    return version(package)
+    return {"torch": torch.__version__, "transformers": version("transformers"), "python": platform.python_version()}
 
 
 def _size(folder: Path) -> int:

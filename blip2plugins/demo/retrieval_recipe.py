@@ -11,7 +11,6 @@ measures recall on held-out scenes and saves model, processor and a model card.
 from __future__ import annotations
 
 import os
-import platform
 import random
 import re
 import time
@@ -29,7 +28,7 @@ from ..building import build_retrieval_model
 from ..errors import ModelLoadError, OptionError
 from ..training.retrieval_train import RetrievalTrainConfig, train_retrieval
 from . import MODEL_DIR, world
-from .recipe import DEMO_SPEC, EVAL_SEED_OFFSET, SceneExamples, _version, write_card
+from .recipe import DEMO_SPEC, EVAL_SEED_OFFSET, SceneExamples, software_versions, write_card
 
 ImageFn = Callable[[list[Image.Image]], torch.Tensor]  # images -> (N, Q, D) unit-length query embeddings
 TextFn = Callable[[list[str]], torch.Tensor]  # texts -> (N, D) unit-length embeddings
@@ -242,7 +241,7 @@ def train_demo_retrieval(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT
         "itc_loss": [round(report.itc_losses[0][1], 4), round(report.itc_losses[-1][1], 4)],
         "itm_loss": [round(report.itm_losses[0][1], 4), round(report.itm_losses[-1][1], 4)],
         "metrics": metrics, "before": before,
-        "torch": torch.__version__, "transformers": _version("transformers"), "python": platform.python_version(),
+        **software_versions(),
     }
     facts["size_bytes"] = write_card(out, lambda size: model_card(facts, size))
     return facts
