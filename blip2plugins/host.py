@@ -392,12 +392,12 @@ class Host:
         Each score is the cosine of the text's embedding with the closest of the image's query
         embeddings, in [-1, 1]. It ranks texts for an image (or images for a text); it is **not** a
         probability, and its scale depends on the model: use :meth:`match` for "does this text
-        describe this image?".
+        describe this image?". A bad image raises its ``ImageError``.
         """
-        self._retrieval("similarity")
+        head = self._retrieval("similarity")
         image_list = list(images) if isinstance(images, (list, tuple)) else [images]
-        embeddings = self.embed_images(image_list) if image_list else []
-        for embedding in embeddings:
+        embeddings = list(self._in_order(self._submit_embeddings(image_list, head, strict=True), self._finish_embeddings))
+        for embedding in embeddings:  # the images loaded, but the worker failed
             if not embedding.ok:
                 raise Blip2Error(embedding.error)
         text_embeds = self.embed_texts([texts] if isinstance(texts, str) else list(texts))
@@ -430,10 +430,14 @@ class Host:
         assert self.loaded.retrieval is not None
         return self.loaded.retrieval
 
-    def _submit_embeddings(self, images: Iterable[Any], head: models.RetrievalModel) -> Iterator[_Embeddings]:
-        """Load and resize the images chunk by chunk, in parallel, and queue the good ones for embedding."""
+    def _submit_embeddings(self, images: Iterable[Any], head: models.RetrievalModel, *,
+                           strict: bool = False) -> Iterator[_Embeddings]:
+        """Load and resize the images chunk by chunk, in parallel, and queue the good ones for embedding
+        (``strict``: raise the first bad image's error instead)."""
         self._check_open()
         for chunk, prepared, _ in self._prefetched(images, self._load_for_itc):
+            if strict:
+                _raise_first_error(prepared)
             good = [im for im in prepared if isinstance(im, Image.Image)]
             rows = iter(self._normalise(good, itc=True) if good else [])
             queued: _Embeddings = []
@@ -559,9 +563,7 @@ class Host:
         try:
             for chunk, prepared, began in self._prefetched(items, lambda item: self._prepare(*item)):
                 if strict:
-                    for outcome in prepared:
-                        if isinstance(outcome, Blip2Error):
-                            raise outcome
+                    _raise_first_error(prepared)
                 good = [(index, im) for index, im in enumerate(prepared) if isinstance(im, Image.Image)]
                 pixel_values = self._normalise([im for _, im in good]) if good else None
                 spent = (time.perf_counter() - began) / len(chunk)
@@ -832,6 +834,14 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def _raise_first_error(prepared: list[Any]) -> None:
+    """Raise the error of the first item that failed to load (calls that report a bad image as its
+    own exception rather than as a failed result)."""
+    for outcome in prepared:
+        if isinstance(outcome, Blip2Error):
+            raise outcome
 
 
 def _spread(value: T | Sequence[T], count: int, what: str) -> list[T]:

@@ -115,6 +115,8 @@ def test_a_bad_image_fails_alone_in_a_list(host: Host, tmp_path: Path) -> None:
         host.embed_images(str(broken))
     with pytest.raises(ImageError, match="missing.png"):
         host.match(str(tmp_path / "missing.png"), "a dog")
+    with pytest.raises(ImageError, match="broken.png: not an image"):
+        host.similarity([_images()[0], str(broken)], TEXTS)
 
 
 def test_iter_embeddings_reads_at_most_three_chunks_ahead(host: Host) -> None:
