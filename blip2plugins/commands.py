@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .errors import Blip2Error, ImageError, OptionError
 from .generation import GenerationOptions
 from .hookspecs import hookimpl
-from .images import describe, folder_images
+from .images import describe, expand_folders
 from .plugins import model_presets, plugin_info
 from .types import Result
 
@@ -166,13 +166,9 @@ class _Inputs:
     def of(cls, images: tuple[str, ...], files_from: IO[bytes] | None) -> _Inputs:
         if not images and files_from is None:
             raise click.UsageError("no images: give IMAGE arguments or --files-from FILE")
-        inputs = cls([], files_from, single=len(images) == 1 and files_from is None and not os.path.isdir(images[0]))
-        for image in images:
-            found = folder_images(image) if os.path.isdir(image) else [image]
-            if not found:
-                inputs.problems.append(f"{image}: no image files in this folder")
-            inputs.given += found
-        return inputs
+        given, empty = expand_folders(images)
+        single = len(images) == 1 and files_from is None and not os.path.isdir(images[0])
+        return cls(given, files_from, single, [f"{folder}: {reason}" for folder, reason in empty])
 
     @property
     def total(self) -> int | None:

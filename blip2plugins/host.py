@@ -305,8 +305,9 @@ class Host:
         self._check_open()
         if not isinstance(image, (list, tuple)):
             return self._enqueue(_Encode(self.preprocess([self._load(image)])[0])).result()
-        loaded = list(self._loader.map(self._load, image))
-        futures = [self._enqueue(_Encode(row)) for row in self.preprocess(loaded)] if loaded else []
+        prepared = list(self._loader.map(self._prepared, image))
+        _raise_first_error(prepared)
+        futures = [self._enqueue(_Encode(row)) for row in self._normalise(prepared)] if prepared else []
         return [future.result() for future in futures]
 
     def preprocess(self, images: list[Image.Image], *, itc: bool = False) -> torch.Tensor:
@@ -353,14 +354,8 @@ class Host:
         the others are embedded.
         """
         head = self._retrieval("embed")
-        self._check_open()
         if not isinstance(images, (list, tuple)):
-            pixels = self.preprocess([self._load(images, itc=True)], itc=True)  # raises the image's own error
-            embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(images))
-            self._finish_embeddings([(embedding, self._enqueue(_Encode(pixels[0], itc=True)))])
-            if not embedding.ok:
-                raise Blip2Error(embedding.error)
-            return embedding
+            return self._embed_strictly([images], head)[0]
         return list(self.iter_embeddings(images))
 
     def iter_embeddings(self, images: Iterable[Any]) -> Iterator[ImageEmbedding]:
@@ -395,11 +390,7 @@ class Host:
         describe this image?". A bad image raises its ``ImageError``.
         """
         head = self._retrieval("similarity")
-        image_list = list(images) if isinstance(images, (list, tuple)) else [images]
-        embeddings = list(self._in_order(self._submit_embeddings(image_list, head, strict=True), self._finish_embeddings))
-        for embedding in embeddings:  # the images loaded, but the worker failed
-            if not embedding.ok:
-                raise Blip2Error(embedding.error)
+        embeddings = self._embed_strictly(list(images) if isinstance(images, (list, tuple)) else [images], head)
         text_embeds = self.embed_texts([texts] if isinstance(texts, str) else list(texts))
         if not embeddings or not len(text_embeds):
             return torch.empty(len(embeddings), len(text_embeds))
@@ -421,8 +412,9 @@ class Host:
             rows = [self.preprocess([self._load(images, itc=True)], itc=True)[0]] * len(text_list)
         else:
             text_list = _checked_texts(_spread(texts, len(images), "text"))
-            loaded = list(self._loader.map(partial(self._load, itc=True), images))
-            rows = list(self.preprocess(loaded, itc=True)) if loaded else []
+            prepared = list(self._loader.map(partial(self._prepared, itc=True), images))
+            _raise_first_error(prepared)
+            rows = list(self._normalise(prepared, itc=True)) if prepared else []
         return [f.result() for f in [self._enqueue(_Match(row, text)) for row, text in zip(rows, text_list)]]
 
     def _retrieval(self, task: str) -> models.RetrievalModel:
@@ -435,7 +427,7 @@ class Host:
         """Load and resize the images chunk by chunk, in parallel, and queue the good ones for embedding
         (``strict``: raise the first bad image's error instead)."""
         self._check_open()
-        for chunk, prepared, _ in self._prefetched(images, self._load_for_itc):
+        for chunk, prepared, _ in self._prefetched(images, partial(self._prepared, itc=True)):
             if strict:
                 _raise_first_error(prepared)
             good = [im for im in prepared if isinstance(im, Image.Image)]
@@ -449,6 +441,14 @@ class Host:
                     embedding.error = str(outcome)
                     queued.append((embedding, None))
             yield queued
+
+    def _embed_strictly(self, images: list[Any], head: models.RetrievalModel) -> list[ImageEmbedding]:
+        """The embeddings of ``images``: a bad image raises its own error, a failed embedding ``Blip2Error``."""
+        embeddings = list(self._in_order(self._submit_embeddings(images, head, strict=True), self._finish_embeddings))
+        for embedding in embeddings:  # the images loaded, but the worker failed
+            if not embedding.ok:
+                raise Blip2Error(embedding.error)
+        return embeddings
 
     @staticmethod
     def _finish_embeddings(queued: _Embeddings) -> list[ImageEmbedding]:
@@ -464,9 +464,11 @@ class Host:
             embedding.pooled = torch.nn.functional.normalize(queries.mean(dim=0), dim=-1)
         return [embedding for embedding, _ in queued]
 
-    def _load_for_itc(self, image: Any) -> Image.Image | Blip2Error:
+    def _prepared(self, image: Any, *, itc: bool = False) -> Image.Image | Blip2Error:
+        """One image loaded and resized for the language model's vision encoder (``itc``: the
+        retrieval model's), or the error that says why not."""
         try:
-            return self._shrink(self._load(image, itc=True), itc=True)
+            return self._shrink(self._load(image, itc=itc), itc=itc)
         except Blip2Error as exc:
             return exc
 
@@ -615,12 +617,12 @@ class Host:
         return False
 
     def _prepare(self, image: Any, prompt: str) -> Image.Image | Blip2Error:
-        """One image loaded and resized, or the error that says why not."""
+        """One image loaded and resized, or the error that says why not (a bad prompt counts too)."""
         try:
             self._check_prompt(prompt)
-            return self._shrink(self._load(image))
         except Blip2Error as exc:
             return exc
+        return self._prepared(image)
 
     def _check_prompt(self, prompt: str) -> None:
         token = self.loaded.processor.image_token.content

@@ -13,7 +13,7 @@ import io
 import os
 import re
 import stat
-from typing import IO, Sequence, Union, cast
+from typing import IO, Iterable, Sequence, Union, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -104,6 +104,19 @@ def folder_images(folder: str) -> list[str]:
     """The image files under ``folder`` (by extension, recursively), sorted, joined onto ``folder``."""
     return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
                   if is_image_file(name))
+
+
+def expand_folders(sources: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``sources`` with each folder replaced by its image files (:func:`folder_images`), other
+    references kept as given; and ``(folder, reason)`` for the folders without image files."""
+    refs: list[str] = []
+    empty: list[tuple[str, str]] = []
+    for source in sources:
+        found = folder_images(source) if os.path.isdir(source) else [source]
+        if not found:
+            empty.append((source, "no image files in this folder"))
+        refs += found
+    return refs, empty
 
 
 def read_limited(stream: IO[bytes], max_bytes: int, source: str) -> bytes:

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from .errors import ImageError, IndexFileError, OptionError
 from .files import write_atomic
-from .images import folder_images, is_image_file
+from .images import expand_folders, is_image_file
 from .types import ImageEmbedding
 
 try:
@@ -411,17 +411,8 @@ def image_files(sources: Iterable[str]) -> tuple[list[str], list[tuple[str, str]
     Existing local files become absolute paths, so an index works from any folder. Returns the image
     references without duplicates, and ``(folder, reason)`` for folders without image files.
     """
-    refs: list[str] = []
-    empty: list[tuple[str, str]] = []
-    for source in sources:
-        if os.path.isdir(source):
-            found = [os.path.abspath(path) for path in folder_images(source)]
-            if not found:
-                empty.append((source, "no image files in this folder"))
-            refs += found
-        else:
-            refs.append(os.path.abspath(source) if os.path.isfile(source) else source)
-    return list(dict.fromkeys(refs)), empty
+    refs, empty = expand_folders(sources)
+    return list(dict.fromkeys(os.path.abspath(ref) if os.path.isfile(ref) else ref for ref in refs)), empty
 
 
 def build_index(host: Host, sources: Iterable[str], *, batch_size: int | None = None,
