@@ -48,6 +48,8 @@ R = TypeVar("R")
 #: ``fast_preprocess``: box-reduce to within 3x of the target before the bicubic pass (measured on a
 #: 640x480 image to 48 px: 0.56 vs 1.65 ms, mean difference 0.11 grey levels, at most 4).
 _REDUCING_GAP = 3.0
+#: Default cap on loader threads: each holds one full-size decoded image (a 24 MP photo is ~100 MB).
+_MAX_LOADERS = 16
 
 
 @dataclass(eq=False)
@@ -140,12 +142,14 @@ class Host:
                  loader_threads: int | None = None, fast_preprocess: bool = False) -> None:
         if max_batch_size < 1:
             raise OptionError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if loader_threads is not None and loader_threads < 1:
+            raise OptionError(f"loader_threads must be >= 1, got {loader_threads}")
         self.loaded = loaded
         self.fast_preprocess = fast_preprocess
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._loader = ThreadPoolExecutor(loader_threads or min(4, os.cpu_count() or 1), "blip2-load")
+        self._loader = ThreadPoolExecutor(loader_threads or min(_MAX_LOADERS, _usable_cpus()), "blip2-load")
         self._preparing = 0  # callers loading images that have queued nothing yet: the worker waits for them
         self._preparing_lock = threading.Lock()
         self._stats = {"batches": 0, "items": 0, "encoded": 0, "largest_batch": 0}
@@ -156,12 +160,17 @@ class Host:
     @classmethod
     def load(cls, model: str = "demo", *, device: str = "auto", dtype: str = "auto", quantize: str | None = None,
              adapter: str | None = None, retrieval: str | bool = True, max_batch_size: int = 32,
-             max_wait: float = 0.05, fast_preprocess: bool = False) -> Host:
+             max_wait: float = 0.05, loader_threads: int | None = None, fast_preprocess: bool = False) -> Host:
         """Load a preset name, a checkpoint folder or a hub id, optionally with an adapter.
 
         ``adapter`` is an adapter folder, or ``NAME`` / ``NAME@VERSION`` in the default adapter store
         (``BLIP2_ADAPTER_STORE``). ``retrieval`` adds the retrieval model that ``match``,
         ``similarity`` and ``embed_*`` use (see :func:`models.load`): by default the preset's own.
+
+        Batches hold at most ``max_batch_size`` requests; the worker waits at most ``max_wait``
+        seconds for a batch to fill (see the module docs). Images are read and resized on
+        ``loader_threads`` threads (default: the CPUs this process may use, at most 16); Pillow
+        releases the GIL while it decodes and resizes, so they run in parallel.
 
         ``fast_preprocess=True`` trades exactness for speed on large images: JPEGs decode at a reduced
         scale and the resize reduces by whole factors (box filter) before the bicubic pass. Pixels then
@@ -171,7 +180,8 @@ class Host:
         loaded = models.load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)
         if adapter is not None:
             models.attach_adapter(loaded, models.find_adapter(loaded, adapter))
-        return cls(loaded, max_batch_size=max_batch_size, max_wait=max_wait, fast_preprocess=fast_preprocess)
+        return cls(loaded, max_batch_size=max_batch_size, max_wait=max_wait, loader_threads=loader_threads,
+                   fast_preprocess=fast_preprocess)
 
     @property
     def name(self) -> str:
@@ -830,6 +840,14 @@ class Host:
         if request.task == "caption" and request.prompt and self.loaded.family.decoder_only:
             return (request.prompt + generated).strip()
         return generated.strip()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or a job's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -172,6 +172,23 @@ def test_many_threads_share_one_model_and_get_batched(tiny_opt):
     assert after["batches"] - before["batches"] < 16, "concurrent callers should share batches"
 
 
+def test_images_load_on_loader_threads_in_parallel(tiny_opt, monkeypatch):
+    import blip2plugins.host as host_module
+
+    together = threading.Barrier(3, timeout=10)  # passes only if three loads run at once
+
+    def load_together(image, **kwargs):
+        together.wait()
+        return image
+
+    with pytest.raises(OptionError, match="loader_threads must be >= 1, got 0"):
+        Host.load(str(tiny_opt), loader_threads=0)
+    monkeypatch.setattr(host_module, "load_image", load_together)
+    with Host.load(str(tiny_opt), loader_threads=3) as host:
+        results = host.caption([scene(i) for i in range(3)], max_new_tokens=3)
+    assert all(r.ok for r in results), [r.error for r in results]
+
+
 def test_iter_captions_reads_a_long_input_at_most_three_chunks_ahead(tiny_opt, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png at all")
