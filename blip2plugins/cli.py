@@ -10,7 +10,7 @@ from typing import NoReturn
 import click
 
 from .errors import Blip2Error
-from .plugins import get_plugin_manager, serving_adapters
+from .plugins import call_hook, serving_adapters
 
 
 class ServeGroup(click.Group):
@@ -46,7 +46,7 @@ def build_cli() -> click.Group:
     def serve() -> None:
         """Serve the model to other programs (one subcommand per serving adapter)."""
 
-    get_plugin_manager().hook.register_commands(cli=cli)
+    call_hook("register_commands", cli=cli)
     return cli
 
 

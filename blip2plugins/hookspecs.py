@@ -5,7 +5,8 @@ Plugins implement hooks with ``@blip2plugins.hookimpl``. Each ``register_*`` hoo
 are called the first time their registry is needed, and again only after plugins are registered,
 unregistered or reloaded (``blip2plugins.plugins``). Implementations run in pluggy's order: the plugin
 registered last runs first (``tryfirst`` / ``trylast`` adjust it), so external plugins run before the
-built-in default plugins.
+built-in default plugins. Each implementation is called on its own (hook wrappers are refused), so a
+failure is a ``PluginError`` naming its plugin; docs/plugins.md says what each hook does with it.
 An implementation whose name matches no spec below is refused with a ``PluginError``.
 The section for each hook in ``docs/plugins.md`` is the user-facing documentation.
 """
@@ -66,15 +67,22 @@ def process_result(task: str, result: Result) -> Result | None:
     ``dataclasses.replace(result, text=...)``) or ``None`` to leave it unchanged. Unlike a plain
     pluggy hook the implementations are chained: each receives the result the previous one
     returned, in pluggy's call order (last registered first; ``tryfirst`` / ``trylast`` apply).
-    Hook wrappers are not supported here. Failed items (``result.error`` set) are not passed on.
+    If one raises or returns another type, that result fails with an error naming the plugin.
+    Failed items (``result.error`` set) are not passed on.
     """
 
 
 @hookspec
 def training_finished(adapter: AdapterVersion) -> None:
-    """Called after a training run has written a new adapter version (before any eval gate)."""
+    """Called after a training run has written a new adapter version (before any eval gate).
+
+    Every implementation is called; one that raises is logged and does not stop the others.
+    """
 
 
 @hookspec
 def adapter_promoted(adapter: AdapterVersion) -> None:
-    """Called when an adapter version passes its eval gate and becomes the one served."""
+    """Called when an adapter version becomes the one served (eval gate, promote or rollback).
+
+    Every implementation is called; one that raises is logged and does not undo the promotion.
+    """

@@ -37,7 +37,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from . import models, plugins, retrieval
 from .chat import Conversation
-from .errors import Blip2Error, OptionError
+from .errors import Blip2Error, OptionError, PluginError
 from .generation import GenerationOptions
 from .images import describe, load_image
 from .types import ImageEmbedding, Result
@@ -717,6 +717,8 @@ class Host:
         except Exception as exc:  # a failed batch fails its items, never the worker
             log.exception("batch of %d failed", len(batch))
             for request in batch:
+                if request.future.done():  # finished before the failure
+                    continue
                 if not isinstance(request, _Generate):
                     request.future.set_exception(Blip2Error(f"{type(request).__name__.strip('_').lower()} failed: {exc}"))
                 else:
@@ -798,7 +800,11 @@ class Host:
                        "generate_s": done - encoded, "total_s": done - request.queued + request.timings.get("preprocess_s", 0.0)}
             result = Result(request.task, candidates[0][0], candidates[0][1], self.name, self.model_version,
                             prompt=request.prompt, candidates=candidates, timings=timings, finish_reason=reasons[0])
-            request.future.set_result(plugins.process_result(request.task, result))
+            try:
+                result = plugins.process_result(request.task, result)
+            except PluginError as exc:  # that item fails; the batch and the worker go on
+                result = self._failure(request.task, request.prompt, str(exc))
+            request.future.set_result(result)
 
     def _encode_prompts(self, prompts: list[str], *, image: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Image tokens (unless ``image`` is false), then the padded prompt, as ``Blip2Processor`` builds them.

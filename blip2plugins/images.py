@@ -179,7 +179,12 @@ def _load_string(
 
         sources = image_sources()
     for image_source in sources:
-        if not image_source.claims(ref):
+        try:
+            claimed = image_source.claims(ref)
+        except Exception as exc:
+            raise ImageError(description, f"image source {image_source.name!r} failed to say whether it "
+                                          f"handles it: {_short(exc)}") from exc
+        if not claimed:
             continue
         try:
             loaded = image_source.load(ref, limits)

@@ -10,12 +10,13 @@ are always loaded; block one by its name (e.g. ``blip2plugins.presets``) to repl
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 import pluggy
 
@@ -23,6 +24,7 @@ from . import hookspecs
 from .errors import PluginError
 from .types import AdapterVersion, ImageSource, ModelPreset, Result, ServingAdapter
 
+log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 ENV_ALLOW = "BLIP2_PLUGINS"
 ENV_BLOCK = "BLIP2_BLOCK_PLUGINS"
@@ -50,7 +52,11 @@ class PluginInfo:
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
 _versions: dict[str, str | None] = {}
-_collected: dict[str, list[Any]] = {}  # what each register_* hook gave, until the plugins change
+#: What each register_* hook gave, per plugin in call order, until the plugins change.
+_collected: dict[str, list[tuple[str, list[Any]]]] = {}
+#: What each register_* hook's ``register`` callback takes.
+_REGISTERS = {"register_models": ModelPreset, "register_image_sources": ImageSource,
+              "register_adapters": ServingAdapter}
 
 
 def _names(variable: str) -> set[str] | None:
@@ -61,11 +67,24 @@ def _names(variable: str) -> set[str] | None:
 
 
 def _register(pm: pluggy.PluginManager, plugin: ModuleType | object, name: str) -> None:
-    """Register one plugin, refusing it when it implements a hook that no spec declares."""
+    """Register one plugin, refusing it when it implements a hook that no spec declares, wraps a
+    hook, or takes a name already registered."""
+    if pm.has_plugin(name):
+        raise PluginError(f"plugin {name!r} is refused: a plugin of that name is already registered")
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {name!r} is refused: {exc}") from None
+    except ValueError:  # pluggy: this very object is registered under another name
+        raise PluginError(f"plugin {name!r} is refused: it is already registered as "
+                          f"{pm.get_name(plugin)!r}") from None
+    wrappers = sorted(caller.name for caller in pm.get_hookcallers(plugin) or []
+                      if any(impl.plugin is plugin and (impl.wrapper or impl.hookwrapper)
+                             for impl in caller.get_hookimpls()))
+    if wrappers:
+        pm.unregister(plugin)
+        raise PluginError(f"plugin {name!r} is refused: it wraps {', '.join(wrappers)}; "
+                          "blip2plugins calls each implementation on its own, so hook wrappers are not supported")
     unknown = [
         hook_name for hook_name, caller in vars(pm.hook).items()
         if isinstance(caller, pluggy.HookCaller) and not caller.has_spec()
@@ -96,7 +115,8 @@ def _build() -> pluggy.PluginManager:
                 raise PluginError(f"built-in plugin {module_name!r} failed to import: {exc!r}") from exc
             _register(pm, module, module_name)
             _versions[module_name] = None
-    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    for entry_point in entry_points:
         name = entry_point.name
         if name in blocked or (allowed is not None and name not in allowed) or pm.has_plugin(name):
             continue
@@ -109,6 +129,9 @@ def _build() -> pluggy.PluginManager:
             ) from exc
         _register(pm, plugin, name)
         _versions[name] = entry_point.dist.version if entry_point.dist else None
+    missing = (allowed or set()) - set(entry_points.names)
+    if missing:
+        log.warning("%s names %s, which no installed plugin provides", ENV_ALLOW, ", ".join(sorted(missing)))
     return pm
 
 
@@ -128,6 +151,7 @@ def reset() -> None:
     global _manager
     with _lock:
         _manager = None
+        _collected.clear()
 
 
 def register_plugin(plugin: ModuleType | object, name: str) -> None:
@@ -148,57 +172,108 @@ def unregister_plugin(name: str) -> None:
         _collected.clear()
 
 
-def _collect(hook_name: str) -> list[Any]:
-    """What a ``register_*`` hook registers, in call order; called once until the plugins change."""
+def _implementations(hook_name: str) -> list[pluggy.HookImpl]:
+    """The implementations of a hook in pluggy's call order (last registered first, tryfirst/trylast applied)."""
+    return list(reversed(getattr(get_plugin_manager().hook, hook_name).get_hookimpls()))
+
+
+def _call(impl: pluggy.HookImpl, hook_name: str, **arguments: Any) -> Any:
+    """Call one implementation with the arguments it asks for; what it raises becomes a
+    :class:`PluginError` naming the plugin."""
+    try:
+        return impl.function(**{name: arguments[name] for name in impl.argnames})
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc!r} "
+                          f"(set {ENV_BLOCK}={impl.plugin_name} to skip it)") from exc
+
+
+def call_hook(hook_name: str, **arguments: Any) -> list[Any]:
+    """Call every implementation of a hook in call order and return what they returned; the first
+    that raises stops the call with a :class:`PluginError` naming its plugin."""
+    return [_call(impl, hook_name, **arguments) for impl in _implementations(hook_name)]
+
+
+def _collect(hook_name: str) -> list[tuple[str, list[Any]]]:
+    """What each plugin's ``register_*`` implementation registers, per plugin in call order; the hook
+    is called once until the plugins change. Registering the wrong type is a :class:`PluginError`."""
+    kind = _REGISTERS[hook_name]
     with _lock:
+        impls = _implementations(hook_name)  # rebuilds the plugin manager (and _collected) after reset()
         if hook_name not in _collected:
-            items: list[Any] = []
-            getattr(get_plugin_manager().hook, hook_name)(register=items.append)
-            _collected[hook_name] = items
+            groups: list[tuple[str, list[Any]]] = []
+            for impl in impls:
+                items: list[Any] = []
+
+                def register(item: Any, plugin: str = impl.plugin_name, items: list[Any] = items) -> None:
+                    if not isinstance(item, kind):
+                        raise PluginError(f"plugin {plugin!r} registered {item!r} in {hook_name}; "
+                                          f"expected a {kind.__name__}")
+                    items.append(item)
+
+                _call(impl, hook_name, register=register)
+                groups.append((impl.plugin_name, items))
+            _collected[hook_name] = groups
         return list(_collected[hook_name])
+
+
+def _by_name(hook_name: str) -> Iterator[Any]:
+    """Registered items from the last-called plugin (the built-ins) to the first, each plugin's in
+    its own order: later items override earlier ones of the same name."""
+    for _, items in reversed(_collect(hook_name)):
+        yield from items
 
 
 def model_presets() -> dict[str, ModelPreset]:
     """Every model preset by name and alias; a later registration of a name replaces an earlier one."""
     presets: dict[str, ModelPreset] = {}
-    # pluggy calls the most recently registered plugin first: reverse so plugins override built-ins.
-    for preset in reversed(_collect("register_models")):
+    for preset in _by_name("register_models"):
         for key in (preset.name, *preset.aliases):
             presets[key] = preset
     return presets
 
 
 def image_sources() -> list[ImageSource]:
-    """Every registered image source, plugins before built-ins."""
-    return _collect("register_image_sources")
+    """Every registered image source, plugins before built-ins, each plugin's in its own order."""
+    return [source for _, sources in _collect("register_image_sources") for source in sources]
 
 
 def serving_adapters() -> dict[str, ServingAdapter]:
-    """Every serving adapter by name."""
-    return {adapter.name: adapter for adapter in reversed(_collect("register_adapters"))}
+    """Every serving adapter by name; a later registration of a name replaces an earlier one."""
+    return {adapter.name: adapter for adapter in _by_name("register_adapters")}
 
 
 def process_result(task: str, result: Result) -> Result:
     """Pass a successful result through every ``process_result`` implementation, chained.
 
-    Implementations are called as plain functions: hook wrappers are not supported for this hook.
+    A plugin that raises, or returns something other than a :class:`Result` or ``None``, raises
+    :class:`PluginError` naming it.
     """
     if not result.ok:
         return result
-    caller = get_plugin_manager().hook.process_result
-    for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
-        arguments = {"task": task, "result": result}
-        new = impl.function(**{name: arguments[name] for name in impl.argnames})
+    for impl in _implementations("process_result"):
+        new = _call(impl, "process_result", task=task, result=result)
         if new is not None:
+            if not isinstance(new, Result):
+                raise PluginError(f"plugin {impl.plugin_name!r} returned {type(new).__name__} from "
+                                  "process_result; expected a Result or None")
             result = new
     return result
 
 
 def notify(event: str, adapter: AdapterVersion) -> None:
-    """Fire an adapter event hook (``training_finished`` or ``adapter_promoted``) on every plugin."""
+    """Fire an adapter event hook (``training_finished`` or ``adapter_promoted``) on every plugin.
+
+    The event has already happened: a plugin that raises is logged, and the others are still called.
+    """
     if event not in ("training_finished", "adapter_promoted"):
         raise ValueError(f"unknown adapter event {event!r}")
-    getattr(get_plugin_manager().hook, event)(adapter=adapter)
+    for impl in _implementations(event):
+        try:
+            _call(impl, event, adapter=adapter)
+        except PluginError as exc:
+            log.error("%s", exc, exc_info=exc.__cause__)
 
 
 def plugin_info() -> list[PluginInfo]:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from blip2plugins import plugins
 from blip2plugins.cli import build_cli
-from blip2plugins.errors import PluginError
+from blip2plugins.errors import ImageError, PluginError
 from blip2plugins.hookspecs import hookimpl
 from blip2plugins.images import load_image
 from blip2plugins.types import AdapterVersion, ImageSource, ModelPreset, Result, ServingAdapter
@@ -153,6 +153,8 @@ def test_hook_register_models_later_registration_overrides() -> None:
     first = plugin(register_models=lambda register: [
         register(ModelPreset("demo", "first/demo")),
         register(ModelPreset("shared", "first/shared", aliases=("alias",))),
+        register(ModelPreset("twice", "first/twice-1")),
+        register(ModelPreset("twice", "first/twice-2")),
     ])
     second = plugin(register_models=lambda register: register(ModelPreset("shared", "second/shared")))
     plugins.register_plugin(first, name="first")
@@ -161,6 +163,7 @@ def test_hook_register_models_later_registration_overrides() -> None:
     assert presets["demo"].source == "first/demo" != builtin_demo.source
     assert presets["shared"].source == "second/shared"
     assert presets["alias"].source == "first/shared"  # an alias stays until something re-registers it
+    assert presets["twice"].source == "first/twice-2"  # within one plugin too, the later one wins
     assert presets["blip2-opt-2.7b"].source == "Salesforce/blip2-opt-2.7b"
     plugins.unregister_plugin("first")
     assert plugins.model_presets()["demo"] == builtin_demo
@@ -196,6 +199,25 @@ def test_hook_process_result_is_chained_in_call_order() -> None:
     out = plugins.process_result("caption", Result("caption", "x", 0.5, "m", "m@1"))
     assert seen == ["x"]  # called first (last registered), and returning None changes nothing
     assert out.text == "x+B+A"
+
+
+def test_hook_process_result_that_fails_fails_only_its_item(tiny_opt: Path) -> None:
+    from blip2plugins.host import Host
+
+    def picky(task: str, result: Result) -> Result | None:
+        if "raise" in result.prompt:
+            raise RuntimeError("cannot post-process this")
+        return "a bare string" if "string" in result.prompt else None  # type: ignore[return-value]
+
+    plugins.register_plugin(plugin(process_result=picky), name="picky")
+    image = Image.new("RGB", (32, 32), "red")
+    with Host.load(str(tiny_opt)) as host:
+        results = host.caption([image] * 3, prompt=["fine", "raise", "string"], max_new_tokens=3)
+        assert results[0].ok
+        assert results[1].error == ("plugin 'picky' failed in process_result: RuntimeError('cannot post-process "
+                                    "this') (set BLIP2_BLOCK_PLUGINS=picky to skip it)")
+        assert results[2].error == "plugin 'picky' returned str from process_result; expected a Result or None"
+        assert host.caption(image, prompt="fine", max_new_tokens=3).ok, "the host still serves"
 
 
 def test_hook_process_result_tryfirst_and_failed_items() -> None:
@@ -251,21 +273,93 @@ ADAPTER = AdapterVersion(name="captions", version="v3", path="/adapters/captions
                          base_model="demo", metrics={"cider": 1.2})
 
 
-def _call_declared_hook(hook: str) -> list[AdapterVersion]:
-    seen: list[AdapterVersion] = []
-    plugins.register_plugin(plugin(**{hook: lambda adapter: seen.append(adapter)}), name=f"{hook}-listener")
-    getattr(plugins.get_plugin_manager().hook, hook)(adapter=ADAPTER)
+def _notify_listeners(hook: str, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Fire ``hook`` at two listeners registered around one that raises."""
+    seen: list[str] = []
+
+    def down(adapter: AdapterVersion) -> None:
+        raise ConnectionError("chat server down")
+
+    plugins.register_plugin(plugin(**{hook: lambda adapter: seen.append(f"early {adapter.version}")}), name="early")
+    plugins.register_plugin(plugin(**{hook: down}), name="flaky")
+    plugins.register_plugin(plugin(**{hook: lambda adapter: seen.append(f"late {adapter.version}")}), name="late")
+    with caplog.at_level("ERROR", logger="blip2plugins.plugins"):
+        plugins.notify(hook, ADAPTER)
+    assert f"plugin 'flaky' failed in {hook}: ConnectionError('chat server down')" in caplog.text
     return seen
 
 
-def test_hook_training_finished_declaration() -> None:
-    """Only declared so far: an implementation registers and is called with the adapter."""
-    assert _call_declared_hook("training_finished") == [ADAPTER]
+def test_hook_training_finished_reaches_every_plugin_even_after_one_fails(caplog: pytest.LogCaptureFixture) -> None:
+    """The run is over when the event fires: a failing listener is logged, the others still hear of it.
+    (tests/test_finetune.py checks that training fires it.)"""
+    assert _notify_listeners("training_finished", caplog) == ["late v3", "early v3"]
 
 
-def test_hook_adapter_promoted_declaration() -> None:
-    """Only declared so far: an implementation registers and is called with the adapter."""
-    assert _call_declared_hook("adapter_promoted") == [ADAPTER]
+def test_hook_adapter_promoted_reaches_every_plugin_even_after_one_fails(caplog: pytest.LogCaptureFixture) -> None:
+    """(tests/test_store.py checks that promotion fires it.)"""
+    assert _notify_listeners("adapter_promoted", caplog) == ["late v3", "early v3"]
+
+
+def test_a_register_hook_that_raises_is_named_with_how_to_skip_it() -> None:
+    def broken(register: Callable[[ModelPreset], None]) -> None:
+        raise KeyError("no config")
+
+    plugins.register_plugin(plugin(register_models=broken), name="broken-presets")
+    with pytest.raises(PluginError, match=r"plugin 'broken-presets' failed in register_models: KeyError\('no config'\) "
+                                          r"\(set BLIP2_BLOCK_PLUGINS=broken-presets to skip it\)"):
+        plugins.model_presets()
+    plugins.unregister_plugin("broken-presets")
+    plugins.register_plugin(plugin(register_commands=lambda cli: 1 / 0), name="broken-commands")
+    with pytest.raises(PluginError, match="plugin 'broken-commands' failed in register_commands: ZeroDivisionError"):
+        build_cli()
+
+
+@pytest.mark.parametrize("hook, item", [
+    ("register_models", {"name": "x"}),
+    ("register_image_sources", ("s3", None)),
+    ("register_adapters", "serve-me"),
+])
+def test_registering_the_wrong_type_is_refused_naming_the_plugin(hook: str, item: object) -> None:
+    plugins.register_plugin(plugin(**{hook: lambda register: register(item)}), name="sloppy")
+    lookup = {"register_models": plugins.model_presets, "register_image_sources": plugins.image_sources,
+              "register_adapters": plugins.serving_adapters}[hook]
+    with pytest.raises(PluginError, match=rf"plugin 'sloppy' registered .* in {hook}; expected a"):
+        lookup()
+
+
+def test_reset_forgets_what_plugins_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "demo" in plugins.model_presets()
+    monkeypatch.setenv("BLIP2_BLOCK_PLUGINS", "blip2plugins.presets")
+    plugins.reset()
+    assert plugins.model_presets() == {}
+
+
+def test_hook_wrappers_and_taken_names_are_refused() -> None:
+    def wrapping(task: str, result: Result) -> Iterator[None]:
+        return (yield)
+
+    wrapper = SimpleNamespace(process_result=hookimpl(wrapper=True)(wrapping))
+    with pytest.raises(PluginError, match="plugin 'wrapping' is refused: it wraps process_result"):
+        plugins.register_plugin(wrapper, name="wrapping")
+    assert "wrapping" not in names()
+    plugins.register_plugin(plugin(process_result=lambda result: None), name="taken")
+    with pytest.raises(PluginError, match="plugin 'taken' is refused: a plugin of that name is already registered"):
+        plugins.register_plugin(plugin(process_result=lambda result: None), name="taken")
+
+
+def test_an_allow_list_name_that_no_plugin_provides_is_reported(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("BLIP2_PLUGINS", "presets-ext-typo")
+    with caplog.at_level("WARNING", logger="blip2plugins.plugins"):
+        plugins.get_plugin_manager()
+    assert "BLIP2_PLUGINS names presets-ext-typo, which no installed plugin provides" in caplog.text
+
+
+def test_an_image_source_whose_predicate_raises_is_an_image_error() -> None:
+    source = ImageSource(name="picky", matches=lambda ref: 1 / 0, load=lambda ref, limits: b"")
+    plugins.register_plugin(plugin(register_image_sources=lambda register: register(source)), name="picky")
+    with pytest.raises(ImageError, match=r"photo\.png: image source 'picky' failed to say whether it handles it"):
+        load_image("photo.png")
 
 
 def _blip2(*args: str) -> subprocess.CompletedProcess[str]:
