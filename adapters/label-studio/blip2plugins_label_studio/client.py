@@ -84,6 +84,11 @@ class LabelStudioClient:
         url, ours = self.resolve(ref, task_id)
         return self._download(url, ours)
 
+    @staticmethod
+    def per_task(ref: str) -> bool:
+        """Whether fetching ``ref`` depends on its task (a cloud storage URI, resolved through the task)."""
+        return urllib.parse.urlsplit(ref).scheme.lower() in CLOUD_SCHEMES
+
     def resolve(self, ref: str, task_id: int | str | None = None) -> tuple[str, bool]:
         """The URL to fetch for an image reference, and whether it is Label Studio's (sent with credentials)."""
         parts = urllib.parse.urlsplit(ref)

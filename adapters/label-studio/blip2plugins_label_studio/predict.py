@@ -82,7 +82,8 @@ def predict(serving: Serving, client: LabelStudioClient, pool: ThreadPoolExecuto
 
 def _load_images(client: LabelStudioClient, pool: ThreadPoolExecutor, config: LabelConfig,
                  tasks: Sequence[Mapping[str, Any]], prefixes: Mapping[str, str]) -> tuple[list[_Item], list[str]]:
-    """Fetch each task's image bytes (each distinct reference once, in parallel) into items; failures as problems."""
+    """Fetch each task's image bytes (each distinct image once, in parallel; a cloud storage URI once per
+    task, since Label Studio resolves it through the task) into items; failures as problems."""
     wanted: list[tuple[int, Target, str]] = []
     problems: list[str] = []
     for index, task in enumerate(tasks):
@@ -91,18 +92,24 @@ def _load_images(client: LabelStudioClient, pool: ThreadPoolExecutor, config: La
                 wanted.append((index, target, image_ref(task.get("data"), target)))
             except LabelConfigError as exc:
                 problems.append(f"task {task.get('id')}: no prediction for {target.from_name!r}: {exc}")
-    refs = list(dict.fromkeys((index, ref) for index, _, ref in wanted))
 
-    def fetch(key: tuple[int, str]) -> bytes | Blip2Error:
+    def key(index: int, ref: str) -> tuple[int | None, str]:
+        return (index if client.per_task(ref) else None), ref
+
+    first_task: dict[tuple[int | None, str], int] = {}  # each image to fetch -> the first task showing it
+    for index, _, ref in wanted:
+        first_task.setdefault(key(index, ref), index)
+
+    def fetch(image_key: tuple[int | None, str]) -> bytes | Blip2Error:
         try:  # the host decodes and checks the bytes (in its loader threads), as for any caller
-            return client.image_bytes(key[1], tasks[key[0]].get("id"))
+            return client.image_bytes(image_key[1], tasks[first_task[image_key]].get("id"))
         except Blip2Error as exc:
             return exc
 
-    images = dict(zip(refs, pool.map(fetch, refs)))
+    images = dict(zip(first_task, pool.map(fetch, first_task)))
     items = []
     for index, target, ref in wanted:
-        image = images[(index, ref)]
+        image = images[key(index, ref)]
         if isinstance(image, Blip2Error):
             problems.append(f"task {tasks[index].get('id')}: no prediction for {target.from_name!r}: {image}")
             continue

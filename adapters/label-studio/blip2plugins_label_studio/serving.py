@@ -3,8 +3,10 @@
 Every project has its own line of adapters in the adapter store (``project-<id>``). The version
 served for a project is the store's current one, read afresh (two small files) whenever it matters,
 so every process sharing the store follows promotions, rollbacks (``blip2 adapters rollback``) and
-restarts. The host holds one adapter at a time: requests for the same project run together, and a
-request for another project waits until they are done, then swaps (between host batches).
+restarts. The host holds one adapter at a time: requests for the same adapter run together, and a
+request for another one waits until they are done, then swaps (between host batches). Requests take
+turns in arrival order: once one waits for a swap, later requests for the adapter now served wait
+too, so a busy project cannot keep the others waiting.
 
 Model versions, as Label Studio sees them: ``<model>`` for the base model and
 ``<model>+project-<id>@v0003`` for an adapter version (``<model>``: the preset's name, the checkpoint
@@ -65,6 +67,8 @@ class Serving:
         self._cond = threading.Condition()
         self._adapter: str | None = None  # the folder attached now (None: the base model)
         self._active = 0
+        self._waiting: dict[int, str | None] = {}  # ticket -> adapter folder, in arrival order
+        self._tickets = 0
         self._thread = threading.Thread(target=self._load, name="blip2-ls-load", daemon=True)
 
     # -- loading ---------------------------------------------------------------------------------
@@ -138,14 +142,19 @@ class Serving:
     def serving(self, project: str) -> Iterator[tuple[Host, str]]:
         """The loaded host, serving ``project``'s current version until the block ends, and that version.
 
-        Blocks while other projects' requests are running on another adapter.
+        Blocks while requests on another adapter run, and while earlier requests wait for another one.
         """
         host = self.loaded.result()
         adapter = self.current(project)
         wanted = adapter.path if adapter is not None else None
         with self._cond:
-            while self._adapter != wanted and self._active:
-                self._cond.wait()
+            ticket = self._tickets
+            self._tickets += 1
+            self._waiting[ticket] = wanted
+            try:
+                self._cond.wait_for(lambda: self._may_start(ticket, wanted))
+            finally:
+                del self._waiting[ticket]
             if self._adapter != wanted:
                 try:
                     host.use_adapter(wanted)
@@ -157,12 +166,19 @@ class Serving:
                     log.info("project %s: now serving %s", project, self.version_of(adapter))
                     self._adapter = wanted
             self._active += 1
+            self._cond.notify_all()  # later requests for this adapter may start too
         try:
             yield host, self.version_of(adapter)
         finally:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
+
+    def _may_start(self, ticket: int, wanted: str | None) -> bool:
+        earlier = [folder for waiting, folder in self._waiting.items() if waiting < ticket]
+        if wanted == self._adapter:  # join the requests running, unless someone before us waits for a swap
+            return all(folder == wanted for folder in earlier)
+        return not self._active and not earlier  # swap: first in line, once the running requests are done
 
     def _attached_version(self) -> AdapterVersion | None:
         if self._adapter is None:

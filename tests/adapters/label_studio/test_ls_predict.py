@@ -100,6 +100,17 @@ def test_predict_captions_every_task_in_order_in_one_host_batch(make_backend) ->
     assert all(auth == f"Token {SECRETS[2]}" for _, path, auth in fake.seen if path.startswith("/data/upload/"))
 
 
+def test_an_image_shown_by_several_tasks_is_fetched_once(make_backend) -> None:
+    client, fake = make_backend()
+    ready(client)
+    fake.files[upload_path(1)] = png(SCENES[0])
+    tasks = [task(task_id, image=upload_path(1)) for task_id in (1, 2, 3, 4)]
+    answer = client.post("/predict", json=predict_body(tasks))
+    texts = [r["result"][0]["value"]["text"][0] for r in answer.json()["results"]]
+    assert texts == [world.caption(SCENES[0])] * 4
+    assert [path for _, path, _ in fake.seen].count(upload_path(1)) == 1
+
+
 def test_fast_preprocess_reaches_the_host_and_captions_stay_right(make_backend) -> None:
     client, fake = make_backend(fast_preprocess=True)
     assert ready(client).serving.loaded.result().fast_preprocess

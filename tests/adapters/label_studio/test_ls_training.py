@@ -151,3 +151,53 @@ def test_recipes_from_json_and_from_python(tmp_path) -> None:
         load_recipe("blip2plugins_label_studio.settings:DEFAULT_RECIPE")
     with pytest.raises(SettingsError, match="cannot import"):
         load_recipe("no_such_module_xyz:CONFIG")
+
+
+def test_projects_take_turns_on_the_host_in_arrival_order(tmp_path) -> None:
+    """A request waiting for another project's adapter is not overtaken by later requests on the one
+    served now, so a busy project cannot starve the others."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from blip2plugins_label_studio.serving import Serving
+    from blip2plugins_label_studio.settings import Settings
+
+    serving = Serving(Settings(model="demo", model_dir=str(tmp_path / "models"), adapter_store=str(tmp_path / "store")))
+    swaps: list[str | None] = []
+    serving.loaded.set_result(SimpleNamespace(use_adapter=swaps.append))
+    adapters = {"A": None, "B": SimpleNamespace(path="/adapters/project-B/v0001", name="project-B", version="v0001")}
+    serving.current = adapters.get  # type: ignore[method-assign]
+    started: list[str] = []
+    release = threading.Event()
+
+    def request(name: str, project: str, hold: threading.Event | None = None) -> None:
+        with serving.serving(project):
+            started.append(name)
+            if hold is not None:
+                hold.wait(10)
+
+    def waiting(count: int) -> bool:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with serving._cond:
+                if len(serving._waiting) == count:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    threads = [threading.Thread(target=request, args=("A1", "A", release))]
+    threads[0].start()
+    while not started:
+        time.sleep(0.01)
+    threads.append(threading.Thread(target=request, args=("B", "B")))
+    threads[1].start()
+    assert waiting(1), "B waits for the swap while A1 runs"
+    threads.append(threading.Thread(target=request, args=("A2", "A")))
+    threads[2].start()
+    assert waiting(2), "A2 queues behind B instead of joining A1"
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert started == ["A1", "B", "A2"]
+    assert swaps == ["/adapters/project-B/v0001", None]
