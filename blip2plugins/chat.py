@@ -25,22 +25,28 @@ def render_chat(loaded: LoadedModel, turns: Sequence[tuple[str, str]], question:
 
     Turns use the family's template (OPT: ``"Question: q1 Answer: a1. Question: q2 Answer:"``), after
     the optional ``system`` preamble. The oldest turns are dropped until the prompt fits the language
-    model's context together with ``max_new_tokens`` and, when ``image`` is true, the image's query
-    tokens. Raises :class:`OptionError` when even the question alone does not fit.
+    model's context with, when ``image`` is true, the image's query tokens and, for a decoder-only
+    model, ``max_new_tokens``. Raises :class:`OptionError` when even the question alone does not fit.
     """
-    queries = loaded.num_query_tokens if image else 0
-    budget = loaded.max_positions - queries - max_new_tokens
+    budget = loaded.prompt_budget(image=image, max_new_tokens=max_new_tokens)
     tokenizer = loaded.processor.tokenizer
     preamble = f"{system.strip()} " if system and system.strip() else ""
     for start in range(len(turns) + 1):
         text = preamble + loaded.family.render_chat(list(turns[start:]), question)
         if len(tokenizer(text).input_ids) <= budget:
             return text
-    image_part = f"the image's {queries} query tokens, " if image else ""
-    raise OptionError(
-        f"question too long: with {image_part}max_new_tokens ({max_new_tokens}) and the system text it does "
-        f"not fit the model's {loaded.max_positions}-token context"
-    )
+    room = room_for_prompt(loaded, image, max_new_tokens)
+    raise OptionError(f"question too long: with the system text it does not fit; {room}")
+
+
+def room_for_prompt(loaded: LoadedModel, image: bool, max_new_tokens: int) -> str:
+    """What the context leaves for a prompt, and why: the end of a "too long" message."""
+    taken = [f"the image's {loaded.num_query_tokens} query tokens"] if image else []
+    if loaded.family is not None and loaded.family.decoder_only:
+        taken.append(f"max_new_tokens ({max_new_tokens})")
+    after = f" after {' and '.join(taken)}" if taken else ""
+    budget = loaded.prompt_budget(image=image, max_new_tokens=max_new_tokens)
+    return f"the model's {loaded.max_positions}-token context leaves {max(budget, 0)} tokens for the prompt{after}"
 
 
 class Conversation:
@@ -48,7 +54,7 @@ class Conversation:
 
     Each question is rendered by :func:`render_chat` with the past turns, after the optional
     ``system`` preamble; the oldest turns are dropped when the prompt would not fit the language
-    model's context together with the image's query tokens and ``max_new_tokens``.
+    model's context (see :func:`render_chat`).
     """
 
     def __init__(self, host: Host, features: torch.Tensor | None, *, system: str | None,

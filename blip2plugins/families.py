@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, OptionError
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class Family:
 
     def render_question(self, question: str) -> str:
         """The prompt for one question, e.g. ``"Question: how many? Answer:"``."""
+        if not isinstance(question, str):
+            raise OptionError(f"a question must be a string, got {type(question).__name__} {question!r}")
         return self.question.format(question=question.strip())
 
     def render_chat(self, turns: list[tuple[str, str]], question: str) -> str:

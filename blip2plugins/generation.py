@@ -7,6 +7,7 @@ mistake raises :class:`~blip2plugins.errors.OptionError` naming the option and t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping, Sequence
 
@@ -81,6 +82,10 @@ class GenerationOptions:
         sampling_only = sorted(explicit & {"temperature", "top_p", "top_k", "seed"})
         if sampling_only and not self.do_sample:
             raise OptionError(f"{', '.join(sampling_only)} only apply when sampling: pass do_sample=True")
+        if not math.isfinite(self.length_penalty):
+            raise OptionError(f"length_penalty must be a finite number, got {self.length_penalty}")
+        if self.n > self.num_beams > 1:
+            raise OptionError(f"n={self.n} with beam search needs num_beams >= {self.n}, got {self.num_beams}")
         if self.n > 1 and not self.do_sample and self.n > self.num_beams:
             raise OptionError(f"n={self.n} needs do_sample=True or num_beams >= {self.n}")
 

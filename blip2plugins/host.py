@@ -36,7 +36,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from . import models, plugins, retrieval
-from .chat import Conversation
+from .chat import Conversation, room_for_prompt
 from .errors import Blip2Error, OptionError, PluginError
 from .generation import GenerationOptions
 from .images import describe, load_image
@@ -152,6 +152,9 @@ class Host:
         self._loader = ThreadPoolExecutor(loader_threads or min(_MAX_LOADERS, _usable_cpus()), "blip2-load")
         self._preparing = 0  # callers loading images that have queued nothing yet: the worker waits for them
         self._preparing_lock = threading.Lock()
+        self._closed = False
+        self._closing_lock = threading.Lock()  # nothing is queued behind the worker's stop signal
+        self._prompt_lengths: dict[str, int] = {}
         self._stats = {"batches": 0, "items": 0, "encoded": 0, "largest_batch": 0}
         self._worker = threading.Thread(target=self._serve, name="blip2-host", daemon=True)
         self._worker.start()
@@ -247,6 +250,8 @@ class Host:
         ask it of each; two lists are paired item by item.
         """
         self.loaded.require("ask")
+        if not isinstance(question, (str, list, tuple)):
+            raise OptionError(f"a question must be a string (or a list of them), got {type(question).__name__} {question!r}")
         opts = self.options(**options)
         family = self.loaded.family
         assert family is not None
@@ -491,7 +496,7 @@ class Host:
         """
         self.loaded.require("chat")
         try:
-            self._check_prompt(prompt)
+            self._check_prompt(prompt, options, image=features is not None)
         except OptionError as exc:
             return _failed(self._failure(task, prompt, str(exc)))
         return self._enqueue(_Generate(task, prompt, options, features=features, text_only=features is None))
@@ -506,7 +511,7 @@ class Host:
         self.loaded.require("chat")
         if options.num_beams > 1 or options.n > 1:
             raise OptionError(f"streaming needs num_beams=1 and n=1, got num_beams={options.num_beams}, n={options.n}")
-        self._check_prompt(prompt)
+        self._check_prompt(prompt, options, image=features is not None)
         request = _Generate(task, prompt, options, features=features, text_only=features is None)
         request.stream = TextStream(request.future, self.loaded.processor.tokenizer,
                                     lambda raw: self._text(request, options.cut(raw)[0]), options.stop)
@@ -547,9 +552,11 @@ class Host:
 
     def close(self) -> None:
         """Stop the worker after the queued work is done."""
-        if self._worker.is_alive():
-            self._queue.put(_STOP)
-            self._worker.join()
+        with self._closing_lock:
+            stop, self._closed = not self._closed, True
+            if stop:
+                self._queue.put(_STOP)
+        self._worker.join()
         self._loader.shutdown()
 
     def __enter__(self) -> Host:
@@ -573,14 +580,15 @@ class Host:
             self._preparing += 1
         preparing = True
         try:
-            for chunk, prepared, began in self._prefetched(items, lambda item: self._prepare(*item)):
+            for chunk, prepared, seconds in self._prefetched(items, lambda item: self._prepare(*item, opts)):
                 if strict:
                     _raise_first_error(prepared)
                 good = [(index, im) for index, im in enumerate(prepared) if isinstance(im, Image.Image)]
+                began = time.perf_counter()
                 pixel_values = self._normalise([im for _, im in good]) if good else None
-                spent = (time.perf_counter() - began) / len(chunk)
-                requests = {index: _Generate(task, chunk[index][1], opts,
-                                             pixel_values=pixel_values[row], timings={"preprocess_s": spent})
+                share = (time.perf_counter() - began) / max(len(good), 1)
+                requests = {index: _Generate(task, chunk[index][1], opts, pixel_values=pixel_values[row],
+                                             timings={"preprocess_s": seconds[index] + share})
                             for row, (index, _) in enumerate(good)}
                 futures = [requests[index].future if index in requests
                            else _failed(self._failure(task, chunk[index][1], str(outcome)))
@@ -594,19 +602,23 @@ class Host:
             if preparing:
                 self._done_preparing()
 
-    def _prefetched(self, items: Iterable[T], prepare: Callable[[T], R]) -> Iterator[tuple[list[T], list[R], float]]:
-        """``(chunk, prepared, submitted)`` for each chunk of ``max_batch_size`` items, prepared on the
+    def _prefetched(self, items: Iterable[T], prepare: Callable[[T], R]) -> Iterator[tuple[list[T], list[R], list[float]]]:
+        """``(chunk, prepared, seconds)`` for each chunk of ``max_batch_size`` items, prepared on the
         loader threads (even a single image: a burst of callers decodes at most ``loader_threads``
-        images at once); ``submitted`` is when its loading began. The next chunk is already loading
-        while the caller handles this one."""
-        ahead: tuple[list[T], list[Future[R]], float] | None = None
+        images at once); ``seconds`` is how long each item took to prepare. The next chunk is already
+        loading while the caller handles this one."""
+        ahead: tuple[list[T], list[Future[tuple[R, float]]]] | None = None
         for chunk in _chunks(items, self.max_batch_size):
-            loading = chunk, [self._loader.submit(prepare, item) for item in chunk], time.perf_counter()
+            self._check_open()
+            try:
+                loading = chunk, [self._loader.submit(_timed, prepare, item) for item in chunk]
+            except RuntimeError:  # close() shut the loader down after our check
+                raise Blip2Error("the host is closed") from None
             if ahead is not None:
-                yield ahead[0], [f.result() for f in ahead[1]], ahead[2]
+                yield _unpacked(*ahead)
             ahead = loading
         if ahead is not None:
-            yield ahead[0], [f.result() for f in ahead[1]], ahead[2]
+            yield _unpacked(*ahead)
 
     @staticmethod
     def _in_order(chunks: Iterator[list[T]], finish: Callable[[list[T]], list[R]]) -> Iterator[R]:
@@ -626,30 +638,44 @@ class Host:
             self._preparing -= 1
         return False
 
-    def _prepare(self, image: Any, prompt: str) -> Image.Image | Blip2Error:
+    def _prepare(self, image: Any, prompt: str, options: GenerationOptions) -> Image.Image | Blip2Error:
         """One image loaded and resized, or the error that says why not (a bad prompt counts too)."""
         try:
-            self._check_prompt(prompt)
+            self._check_prompt(prompt, options)
         except Blip2Error as exc:
             return exc
         return self._prepared(image)
 
-    def _check_prompt(self, prompt: str) -> None:
+    def _check_prompt(self, prompt: Any, options: GenerationOptions, *, image: bool = True) -> None:
+        """Refuse, before it joins a batch, a prompt that is not a string, holds the image token or
+        does not fit the context (with the image's query tokens and, decoder-only, ``max_new_tokens``)."""
+        if not isinstance(prompt, str):
+            raise OptionError(f"a prompt must be a string, got {type(prompt).__name__} {prompt!r}")
         token = self.loaded.processor.image_token.content
         if token in prompt:
             raise OptionError(f"prompt {prompt[:60]!r} contains the image token {token!r}")
+        length = self._prompt_lengths.get(prompt)
+        if length is None:
+            length = len(self.loaded.processor.tokenizer(prompt).input_ids)
+            if len(self._prompt_lengths) > 4096:
+                self._prompt_lengths.clear()
+            self._prompt_lengths[prompt] = length
+        if length > self.loaded.prompt_budget(image=image, max_new_tokens=options.max_new_tokens):
+            raise OptionError(f"prompt {prompt[:60]!r} is too long ({length} tokens): "
+                              f"{room_for_prompt(self.loaded, image, options.max_new_tokens)}")
 
     def _failure(self, task: str, prompt: str, error: str) -> Result:
         """The result of an item that failed."""
         return Result(task, None, None, self.name, self.model_version, prompt=prompt, error=error)
 
     def _enqueue(self, request: _Generate | _Encode | _EmbedText | _Match | _Swap) -> Future[Any]:
-        self._check_open()
-        self._queue.put(request)
+        with self._closing_lock:
+            self._check_open()
+            self._queue.put(request)
         return request.future
 
     def _check_open(self) -> None:
-        if not self._worker.is_alive():
+        if self._closed or not self._worker.is_alive():
             raise Blip2Error("the host is closed")
 
     def _one(self, future: Future[Result]) -> Result:
@@ -715,10 +741,14 @@ class Host:
                     for request, row in zip(batch, self._retrieval_batch(batch)):
                         request.future.set_result(row)
         except Exception as exc:  # a failed batch fails its items, never the worker
+            left = [request for request in batch if not request.future.done()]
+            if len(left) > 1:  # find the culprit: the others must not fail with it
+                log.warning("batch of %d failed (%s): running its items one by one", len(batch), exc)
+                for request in left:
+                    self._run([request])
+                return
             log.exception("batch of %d failed", len(batch))
-            for request in batch:
-                if request.future.done():  # finished before the failure
-                    continue
+            for request in left:
                 if not isinstance(request, _Generate):
                     request.future.set_exception(Blip2Error(f"{type(request).__name__.strip('_').lower()} failed: {exc}"))
                 else:
@@ -782,8 +812,11 @@ class Host:
         out = model.language_model.generate(**inputs, **options.generate_kwargs(), return_dict_in_generate=True,
                                             output_logits=True, output_scores=options.num_beams > 1)
         new_tokens = out.sequences[:, input_ids.shape[1]:] if loaded.family.decoder_only else out.sequences[:, 1:]
-        scores = self._scores(out, new_tokens, options)
+        generated = self._generated(new_tokens)
+        scores = self._scores(out, new_tokens, generated, options)
         texts = loaded.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        # a row ends early only at EOS or a stop string (also one that began in the prompt)
+        early = (generated.sum(dim=1) < options.max_new_tokens).tolist()
         ended = torch.isin(new_tokens, self._eos_ids(new_tokens.device)).any(dim=1).tolist()
         done = time.perf_counter()
         n = options.n
@@ -792,7 +825,9 @@ class Host:
             for j in range(i * n, (i + 1) * n):
                 text, stopped = options.cut(texts[j])
                 candidates.append((self._text(request, text), float(scores[j])))
-                reasons.append("stop" if stopped or ended[j] else "length")
+                reasons.append("stop" if stopped or early[j] else "length")
+            if stream is not None and stream.closed and reasons[0] == "stop" and not ended[i]:
+                reasons = ["cancelled"]
             if options.do_sample:
                 order = sorted(range(n), key=lambda k: -candidates[k][1])
                 candidates, reasons = [candidates[k] for k in order], [reasons[k] for k in order]
@@ -823,7 +858,8 @@ class Host:
         attention_mask = torch.cat([torch.ones_like(image), text.attention_mask], dim=1).to(loaded.device)
         return input_ids, attention_mask
 
-    def _scores(self, out: Any, new_tokens: torch.Tensor, options: GenerationOptions) -> list[float]:
+    def _scores(self, out: Any, new_tokens: torch.Tensor, generated: torch.Tensor,
+                options: GenerationOptions) -> list[float]:
         """Confidence of each sequence: exp of the mean log-probability of its tokens, EOS included.
 
         Greedy and sampling use the model's raw probabilities; beam search uses the beam score
@@ -833,10 +869,19 @@ class Host:
             return out.sequences_scores.float().exp().tolist()
         logits = torch.stack(out.logits, dim=1).float()
         logp = logits.log_softmax(-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        mean = (logp * generated).sum(dim=1) / generated.sum(dim=1).clamp(min=1)
+        return mean.exp().tolist()
+
+    def _generated(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """Which new tokens each row generated: up to its first EOS (included), and none of the pads
+        that fill a row finished early (by EOS or a stop string) while others went on."""
         is_eos = torch.isin(new_tokens, self._eos_ids(new_tokens.device)).long()
         valid = (is_eos.cumsum(dim=1) - is_eos) == 0
-        mean = (logp * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
-        return mean.exp().tolist()
+        pad = self.loaded.model.language_model.generation_config.pad_token_id
+        eos = self._eos_ids(new_tokens.device)
+        if pad is not None and not bool((eos == pad).any()):
+            valid &= (new_tokens == pad).long().cumsum(dim=1) == 0
+        return valid
 
     def _eos_ids(self, device: torch.device) -> torch.Tensor:
         eos = self.loaded.model.language_model.generation_config.eos_token_id
@@ -846,6 +891,17 @@ class Host:
         if request.task == "caption" and request.prompt and self.loaded.family.decoder_only:
             return (request.prompt + generated).strip()
         return generated.strip()
+
+
+def _timed(prepare: Callable[[T], R], item: T) -> tuple[R, float]:
+    started = time.perf_counter()
+    return prepare(item), time.perf_counter() - started
+
+
+def _unpacked(chunk: list[T], loading: list[Future[tuple[R, float]]]) -> tuple[list[T], list[R], list[float]]:
+    """A prefetched chunk once loaded: its items, what preparing each gave, and how long each took."""
+    done = [future.result() for future in loading]
+    return chunk, [outcome for outcome, _ in done], [seconds for _, seconds in done]
 
 
 def _usable_cpus() -> int:
@@ -944,8 +1000,14 @@ class TextStream:
         return result
 
     def close(self) -> None:
-        """Stop the generation at the next token (the result keeps the text generated so far)."""
+        """Stop the generation at the next token (the result keeps the text generated so far, and
+        its ``finish_reason`` is ``"cancelled"`` if that cut it short)."""
         self._cancel.set()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the stream was closed (or left) before the generation ended."""
+        return self._cancel.is_set()
 
     def _settled(self, raw: str) -> str:
         """The part of the raw generated text that later tokens cannot change."""

@@ -110,6 +110,13 @@ class LoadedModel:
         limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
         return int(limit or min(self.processor.tokenizer.model_max_length, 4096))
 
+    def prompt_budget(self, *, image: bool, max_new_tokens: int) -> int:
+        """How many prompt tokens fit the context beside the image's query tokens (when ``image``) and,
+        for a decoder-only model, the ``max_new_tokens`` it will generate after them."""
+        queries = self.num_query_tokens if image else 0
+        generated = max_new_tokens if self.family is not None and self.family.decoder_only else 0
+        return self.max_positions - queries - generated
+
 
 def pick_device(device: str) -> torch.device:
     if device == "auto":

@@ -134,8 +134,8 @@ class Result:
     ``text`` is the best output and ``score`` its confidence: the geometric mean of the model's
     probabilities of the generated tokens (``exp`` of the mean token log-probability, end-of-text
     included), in (0, 1]. ``candidates`` holds every returned sequence with its score (``n`` > 1).
-    ``finish_reason`` is ``"stop"`` when the model ended the text (end of text or a stop string) and
-    ``"length"`` when it ran out of new tokens.
+    ``finish_reason`` is ``"stop"`` when the model ended the text (end of text or a stop string),
+    ``"length"`` when it ran out of new tokens and ``"cancelled"`` when a stream was closed early.
     When the item failed, ``text`` and ``score`` are ``None`` and ``error`` says why.
     """
 

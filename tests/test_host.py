@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -152,6 +153,69 @@ def test_one_bad_image_does_not_sink_the_batch(hosts, tmp_path):
         host.caption(str(broken))
     with pytest.raises(Blip2Error, match="image token"):
         host.caption(scene(0), prompt="look: <image>")
+
+
+def test_a_prompt_that_cannot_run_fails_only_its_item(hosts):
+    host = hosts["opt"]
+    budget = host.loaded.prompt_budget(image=True, max_new_tokens=5)
+    too_long = "a " * (budget + 5)
+    results = host.caption([scene(0), scene(1), scene(2)], prompt=["", too_long, None], max_new_tokens=5)
+    assert results[0].text == host.caption(scene(0), max_new_tokens=5).text
+    assert "is too long" in results[1].error
+    assert f"the model's {host.loaded.max_positions}-token context leaves {budget} tokens" in results[1].error
+    assert results[2].error == "a prompt must be a string, got NoneType None"
+    with pytest.raises(OptionError, match="leaves 0 tokens for the prompt"):
+        host.caption(scene(0), max_new_tokens=host.loaded.max_positions)
+    with pytest.raises(OptionError, match="a question must be a string.*got NoneType"):
+        host.ask(scene(0), None)
+    with pytest.raises(OptionError, match="a question must be a string, got int"):
+        host.chat(scene(0)).ask(5)
+
+
+def test_a_batch_that_fails_runs_again_item_by_item(tiny_opt, monkeypatch):
+    with Host.load(str(tiny_opt)) as host:
+        encode = host._encode_prompts
+
+        def poisoned(prompts, **kwargs):
+            if any("poison" in prompt for prompt in prompts):
+                raise RuntimeError("boom")
+            return encode(prompts, **kwargs)
+
+        monkeypatch.setattr(host, "_encode_prompts", poisoned)
+        results = host.caption([scene(0), scene(1), scene(2)], prompt=["", "poison", "a"], max_new_tokens=4)
+        assert [r.error for r in results] == [None, "generation failed: boom", None]
+        assert results[2].text == host.caption(scene(2), prompt="a", max_new_tokens=4).text
+
+
+def test_closing_while_threads_call_leaves_no_caller_waiting(tiny_opt):
+    host = Host.load(str(tiny_opt))
+    outcomes: list[str] = []
+
+    def call() -> None:
+        while True:
+            try:
+                host.submit_ask(scene(0), "what?", max_new_tokens=2).result(timeout=30)
+            except Blip2Error as exc:
+                outcomes.append(str(exc))
+                return
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    host.close()
+    for thread in threads:
+        thread.join(40)
+    assert outcomes == ["the host is closed"] * 6
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"n": 3, "num_beams": 2, "do_sample": True}, "n=3 with beam search needs num_beams >= 3, got 2"),
+    ({"num_beams": 2, "length_penalty": float("nan")}, "length_penalty must be a finite number"),
+])
+def test_options_generate_would_refuse_are_refused_first(hosts, options, message):
+    with pytest.raises(OptionError, match=message):
+        hosts["opt"].caption(scene(0), **options)
 
 
 def test_many_threads_share_one_model_and_get_batched(tiny_opt):

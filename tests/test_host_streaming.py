@@ -141,7 +141,7 @@ def test_a_closed_stream_stops_generation(hosts):
         stream = host.stream("chat", None, PROMPTS[1], opts)
         stream.close()
     cut = stream.result()
-    assert cut.finish_reason == "length" and len(cut.text) < len(full.text)
+    assert cut.finish_reason == "cancelled" and len(cut.text) < len(full.text)
     assert full.text.startswith(cut.text)
 
 
@@ -182,3 +182,20 @@ def test_encode_a_list_equals_encoding_one_by_one(demo):
     images = [scene(0), scene(1)]
     together = demo.encode(images)
     assert all(torch.equal(a, demo.encode(image)) for a, image in zip(together, images))
+
+
+def test_stop_strings_leave_scores_and_finish_reasons_independent_of_the_batch(demo):
+    images = sorted(str(path) for path in DEMO_IMAGE.parent.glob("*.png"))
+    alone = [demo.caption(image, stop=" blue") for image in images]
+    together = demo.caption(images, stop=" blue")
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert [r.score for r in together] == pytest.approx([r.score for r in alone], rel=1e-4)
+    assert any(r.text.endswith("a") for r in alone), "a stop string cut at least one caption short"
+    assert all(r.finish_reason == "stop" for r in together)
+
+
+def test_a_stop_string_that_begins_in_the_prompt_ends_with_reason_stop(demo):
+    # "a red" + " circle": the stop string spans the prompt and the generated text
+    result = demo.caption(str(DEMO_IMAGE), prompt="a red", stop="red circle", max_new_tokens=30)
+    assert result.finish_reason == "stop"
+    assert demo.caption(str(DEMO_IMAGE), max_new_tokens=2).finish_reason == "length"

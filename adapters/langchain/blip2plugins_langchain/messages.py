@@ -3,7 +3,8 @@
 Every message is read through ``message.content_blocks``, so every content shape LangChain knows
 (plain strings, v1 blocks, OpenAI ``image_url`` blocks, the older ``source_type`` form) arrives as
 standard ``text`` and ``image`` blocks. System messages form the preamble; human (and tool) messages
-are questions, AI messages answers; consecutive messages of one side are joined with a space.
+are questions, AI messages answers (an AI message without text, e.g. only tool calls, is left out);
+consecutive messages of one side are joined with a space.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def read_messages(messages: Sequence[BaseMessage], image_choice: ImageChoice = "
                 system.append(text)
             continue
         side = "ai" if isinstance(message, AIMessage) else "human"
+        if side == "ai" and not text:  # only tool calls (or reasoning): no answer to show BLIP-2
+            continue
         if sides and sides[-1][0] == side:
             sides[-1][1].append(text)
         else:

@@ -78,6 +78,12 @@ def test_system_messages_are_the_preamble(chat):
     assert reply.response_metadata["prompt"] == "Be brief. Question: how many shapes? Answer:"
 
 
+def test_an_ai_message_with_only_tool_calls_is_no_turn(chat):
+    calls = AIMessage(content="", tool_calls=[{"name": "lookup", "args": {}, "id": "call-1"}])
+    reply = chat.invoke([ask("how many shapes?", "green-triangle_on-gray"), calls, HumanMessage("is there a circle?")])
+    assert reply.response_metadata["prompt"] == "Question: how many shapes? is there a circle? Answer:"
+
+
 def test_without_an_image_the_language_model_answers_alone(chat):
     host = chat.get_host()
     encoded = host.stats()["encoded"]
