@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .errors import Blip2Error, OptionError
 from .generation import GenerationOptions
+from .texts import require_text
 from .types import Result
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ def render_chat(loaded: LoadedModel, turns: Sequence[tuple[str, str]], question:
     """
     budget = loaded.prompt_budget(image=image, max_new_tokens=max_new_tokens)
     tokenizer = loaded.processor.tokenizer
+    if system is not None:
+        require_text(system, "the system text", empty=True)
     preamble = f"{system.strip()} " if system and system.strip() else ""
     for start in range(len(turns) + 1):
         text = preamble + loaded.family.render_chat(list(turns[start:]), question)

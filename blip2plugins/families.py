@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ModelLoadError, OptionError
+from .errors import ModelLoadError
+from .texts import require_text
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,7 @@ class Family:
 
     def render_question(self, question: str) -> str:
         """The prompt for one question, e.g. ``"Question: how many? Answer:"``."""
-        if not isinstance(question, str):
-            raise OptionError(f"a question must be a string, got {type(question).__name__} {question!r}")
-        return self.question.format(question=question.strip())
+        return self.question.format(question=require_text(question, "a question").strip())
 
     def render_chat(self, turns: list[tuple[str, str]], question: str) -> str:
         """Past ``(question, answer)`` turns followed by the new question, as one prompt."""

@@ -78,7 +78,7 @@ class GenerationOptions:
             raise OptionError(f"repetition_penalty must be in (0, 100], got {self.repetition_penalty}")
         _at_least("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         if self.seed is not None:
-            _at_least("seed", self.seed, 0)
+            _between("seed", self.seed, 0, 2**64 - 1)  # torch.manual_seed's range
         sampling_only = sorted(explicit & {"temperature", "top_p", "top_k", "seed"})
         if sampling_only and not self.do_sample:
             raise OptionError(f"{', '.join(sampling_only)} only apply when sampling: pass do_sample=True")

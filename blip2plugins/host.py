@@ -40,6 +40,7 @@ from .chat import Conversation, room_for_prompt
 from .errors import Blip2Error, OptionError, PluginError
 from .generation import GenerationOptions
 from .images import describe, load_image
+from .texts import require_text
 from .types import ImageEmbedding, Result
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,16 @@ class Host:
         """Validate generation options on top of the preset's defaults."""
         return GenerationOptions.from_kwargs(options, self.loaded.preset.defaults)
 
+    def _image_options(self, **options: Any) -> GenerationOptions:
+        """:meth:`options` for generation from an image: ``max_new_tokens`` must leave room in the
+        context for the image's query tokens and a prompt (checked before any image is read)."""
+        opts = self.options(**options)
+        if self.loaded.prompt_budget(image=True, max_new_tokens=opts.max_new_tokens) < 1:
+            most = self.loaded.prompt_budget(image=True, max_new_tokens=0) - 1
+            raise OptionError(f"max_new_tokens ({opts.max_new_tokens}) leaves no room for a prompt: "
+                              f"{room_for_prompt(self.loaded, True, opts.max_new_tokens)} (at most {most})")
+        return opts
+
     def caption(self, images: Any, *, prompt: str | Sequence[str] | None = None, n: int = 1, **options: Any) -> Any:
         """Caption one image (-> Result) or a list (-> list[Result]); ``prompt`` is a prefix the caption starts with.
 
@@ -237,7 +248,7 @@ class Host:
         reads the prompt as an instruction and returns what it generated.
         """
         self.loaded.require("caption")
-        opts = self.options(n=n, **options)
+        opts = self._image_options(n=n, **options)
         if not isinstance(images, (list, tuple)):
             return self._one(self._submit_one("caption", images, prompt or "", opts, strict=True))
         prompts = _spread(prompt or "", len(images), "prompt")
@@ -252,7 +263,7 @@ class Host:
         self.loaded.require("ask")
         if not isinstance(question, (str, list, tuple)):
             raise OptionError(f"a question must be a string (or a list of them), got {type(question).__name__} {question!r}")
-        opts = self.options(**options)
+        opts = self._image_options(**options)
         family = self.loaded.family
         assert family is not None
         if isinstance(question, str) and not isinstance(images, (list, tuple)):
@@ -274,13 +285,13 @@ class Host:
         Result with ``error`` set. Options are checked now, before the first image is read.
         """
         self.loaded.require("caption")
-        opts = self.options(n=n, **options)
+        opts = self._image_options(n=n, **options)
         return self._in_order(self._submit_images("caption", ((image, prompt or "") for image in images), opts), self._wait)
 
     def iter_answers(self, images: Iterable[Any], question: str, **options: Any) -> Iterator[Result]:
         """Ask one question of any number of images: :meth:`iter_captions`, answering instead."""
         self.loaded.require("ask")
-        opts = self.options(**options)
+        opts = self._image_options(**options)
         assert self.loaded.family is not None
         prompt = self.loaded.family.render_question(question)
         return self._in_order(self._submit_images("ask", ((image, prompt) for image in images), opts), self._wait)
@@ -294,14 +305,14 @@ class Host:
     def submit_caption(self, image: Any, *, prompt: str | None = None, n: int = 1, **options: Any) -> Future[Result]:
         """Queue one caption; the future's result has ``error`` set if the item failed."""
         self.loaded.require("caption")
-        return self._submit_one("caption", image, prompt or "", self.options(n=n, **options))
+        return self._submit_one("caption", image, prompt or "", self._image_options(n=n, **options))
 
     def submit_ask(self, image: Any, question: str, **options: Any) -> Future[Result]:
         """Queue one question; the future's result has ``error`` set if the item failed."""
         self.loaded.require("ask")
         assert self.loaded.family is not None
         prompt = self.loaded.family.render_question(question)
-        return self._submit_one("ask", image, prompt, self.options(**options))
+        return self._submit_one("ask", image, prompt, self._image_options(**options))
 
     # -- building blocks ------------------------------------------------------------------------
 
@@ -649,8 +660,7 @@ class Host:
     def _check_prompt(self, prompt: Any, options: GenerationOptions, *, image: bool = True) -> None:
         """Refuse, before it joins a batch, a prompt that is not a string, holds the image token or
         does not fit the context (with the image's query tokens and, decoder-only, ``max_new_tokens``)."""
-        if not isinstance(prompt, str):
-            raise OptionError(f"a prompt must be a string, got {type(prompt).__name__} {prompt!r}")
+        require_text(prompt, "a prompt", empty=True)
         token = self.loaded.processor.image_token.content
         if token in prompt:
             raise OptionError(f"prompt {prompt[:60]!r} contains the image token {token!r}")
@@ -815,7 +825,6 @@ class Host:
         generated = self._generated(new_tokens)
         scores = self._scores(out, new_tokens, generated, options)
         texts = loaded.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        # a row ends early only at EOS or a stop string (also one that began in the prompt)
         early = (generated.sum(dim=1) < options.max_new_tokens).tolist()
         ended = torch.isin(new_tokens, self._eos_ids(new_tokens.device)).any(dim=1).tolist()
         done = time.perf_counter()
@@ -825,9 +834,7 @@ class Host:
             for j in range(i * n, (i + 1) * n):
                 text, stopped = options.cut(texts[j])
                 candidates.append((self._text(request, text), float(scores[j])))
-                reasons.append("stop" if stopped or early[j] else "length")
-            if stream is not None and stream.closed and reasons[0] == "stop" and not ended[i]:
-                reasons = ["cancelled"]
+                reasons.append(_finish_reason(stopped or ended[j], early[j], stream))
             if options.do_sample:
                 order = sorted(range(n), key=lambda k: -candidates[k][1])
                 candidates, reasons = [candidates[k] for k in order], [reasons[k] for k in order]
@@ -893,6 +900,16 @@ class Host:
         return generated.strip()
 
 
+def _finish_reason(stopped: bool, early: bool, stream: TextStream | None) -> str:
+    """Why a sequence ended: ``stopped`` at EOS or a stop string in its text, ``early`` before
+    ``max_new_tokens`` (a stream closed, or a stop string that began in the prompt)."""
+    if stopped:
+        return "stop"
+    if not early:
+        return "length"
+    return "cancelled" if stream is not None and stream.closed else "stop"
+
+
 def _timed(prepare: Callable[[T], R], item: T) -> tuple[R, float]:
     started = time.perf_counter()
     return prepare(item), time.perf_counter() - started
@@ -936,10 +953,7 @@ def _spread(value: T | Sequence[T], count: int, what: str) -> list[T]:
 
 def _checked_texts(texts: list[Any]) -> list[str]:
     """``texts``, unless one is not a non-empty string: then :class:`OptionError` naming it."""
-    for text in texts:
-        if not isinstance(text, str) or not text.strip():
-            raise OptionError(f"text {text!r}: expected a non-empty string")
-    return texts
+    return [require_text(text, "a text") for text in texts]
 
 
 def _describe(image: Any) -> str:

@@ -125,8 +125,16 @@ def pick_device(device: str) -> torch.device:
         picked = torch.device(device)
     except RuntimeError as exc:
         raise ModelLoadError(f"device {device!r}: {exc}") from None
+    if picked.type == "cpu":
+        return picked
+    if picked.type not in ("cuda", "mps"):
+        raise ModelLoadError(f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if picked.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: MPS (Apple GPU) is not available on this machine")
     if picked.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r}: CUDA is not available on this machine")
+    if picked.type == "cuda" and picked.index is not None and picked.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return picked
 
 

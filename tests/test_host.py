@@ -170,6 +170,14 @@ def test_a_prompt_that_cannot_run_fails_only_its_item(hosts):
         host.ask(scene(0), None)
     with pytest.raises(OptionError, match="a question must be a string, got int"):
         host.chat(scene(0)).ask(5)
+    undecodable = b"what\xff?".decode("utf-8", "surrogateescape")  # as argv holds a non-UTF-8 argument
+    with pytest.raises(OptionError, match=r"a question 'what\\udcff\?' is not valid UTF-8 text \(at character 4\)"):
+        host.ask(scene(0), undecodable)
+    assert "is not valid UTF-8 text" in host.caption([scene(0)], prompt=[undecodable])[0].error
+    with pytest.raises(OptionError, match="a question is empty"):
+        host.ask(scene(0), "  ")
+    with pytest.raises(OptionError, match="the system text .* is not valid UTF-8"):
+        host.chat(scene(0), system=undecodable).ask("what?")
 
 
 def test_a_batch_that_fails_runs_again_item_by_item(tiny_opt, monkeypatch):
@@ -212,6 +220,7 @@ def test_closing_while_threads_call_leaves_no_caller_waiting(tiny_opt):
 @pytest.mark.parametrize("options, message", [
     ({"n": 3, "num_beams": 2, "do_sample": True}, "n=3 with beam search needs num_beams >= 3, got 2"),
     ({"num_beams": 2, "length_penalty": float("nan")}, "length_penalty must be a finite number"),
+    ({"do_sample": True, "seed": 2**64}, "seed must be between 0 and 18446744073709551615"),
 ])
 def test_options_generate_would_refuse_are_refused_first(hosts, options, message):
     with pytest.raises(OptionError, match=message):

@@ -53,6 +53,8 @@ def test_4bit_runs_on_cpu_where_widths_fit():
     ({"dtype": "float64"}, "dtype 'float64'"),
     ({"quantize": "3bit"}, "quantize '3bit'"),
     ({"device": "cuda:0"}, "CUDA is not available") if not torch.cuda.is_available() else ({"device": "tpu"}, "tpu"),
+    ({"device": "meta"}, "device 'meta': expected auto, cpu, cuda, cuda:N or mps"),
+    ({"device": "mps"}, "MPS .* is not available") if not torch.backends.mps.is_available() else ({"device": "tpu"}, "tpu"),
     ({"adapter": "/nonexistent/adapter"}, "no such folder"),
 ])
 def test_bad_load_options_are_clear_errors(tiny_opt, kwargs, message):

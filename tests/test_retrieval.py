@@ -140,10 +140,14 @@ def test_iter_embeddings_reads_at_most_three_chunks_ahead(host: Host) -> None:
 def test_bad_texts_and_shapes_are_refused(host: Host) -> None:
     with pytest.raises(OptionError, match="2 texts for 3 images"):
         host.match(_images()[:3], TEXTS[:2])
-    with pytest.raises(OptionError, match="non-empty"):
+    with pytest.raises(OptionError, match="a text is empty"):
         host.embed_texts(["a dog", "  "])
-    with pytest.raises(OptionError, match="non-empty"):
+    with pytest.raises(OptionError, match="a text is empty"):
         host.match(_images()[0], [""])
+    with pytest.raises(OptionError, match=r"a text 'a\\udcff' is not valid UTF-8"):
+        host.match(_images()[0], [b"a\xff".decode("utf-8", "surrogateescape")])
+    with pytest.raises(OptionError, match="a text must be a string, got int"):
+        host.embed_texts([5])
     assert host.similarity([], TEXTS).shape == (0, 4)
 
 

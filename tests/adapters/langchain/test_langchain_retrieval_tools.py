@@ -110,7 +110,7 @@ def test_match_errors_come_back_as_tool_messages(host: Host, no_retrieval: Host,
     empty = tool.invoke(call("match_image_text", {"image": images[0], "texts": []}))
     assert empty.status == "error" and "no texts" in empty.content
     blank = tool.invoke(call("match_image_text", {"image": images[0], "texts": ["a cat", " "]}))
-    assert blank.status == "error" and "non-empty" in blank.content
+    assert blank.status == "error" and "a text is empty" in blank.content
     unable = MatchImageTextTool(host=no_retrieval).invoke(call("match_image_text", {"image": images[0], "texts": TEXTS}))
     assert unable.status == "error" and "no retrieval model" in unable.content
 
