@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import NoReturn
 
 import click
+from PIL import Image
 
 from .errors import Blip2Error
 from .plugins import call_hook, serving_adapters
@@ -60,9 +62,9 @@ class _OneLine(logging.Formatter):
         return ""
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, status: int = 2) -> NoReturn:
     click.echo(f"blip2: error: {' '.join(message.split())}", err=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _idle_threads_sleep() -> None:
@@ -82,14 +84,25 @@ def main(args: list[str] | None = None) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(_OneLine())
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    # The loader enforces its own pixel cap and says so in one line; Pillow's warning would only add two.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         cli = build_cli()
     except Blip2Error as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:  # click reports interrupts only once a command runs
+        click.echo("Aborted!", err=True)
+        sys.exit(130)
     try:
-        cli.main(args=args, prog_name="blip2")
+        try:
+            cli.main(args=args, prog_name="blip2")
+        finally:
+            sys.stdout.flush()  # a full disk shows here, not in an "Exception ignored" at exit
     except Blip2Error as exc:  # a command let one through: still one line, never a traceback
         _fail(str(exc))
+    except OSError as exc:  # e.g. a full disk under stdout (click itself ends quietly on a closed pipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror or str(exc), status=1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import functools
 import json
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from .errors import Blip2Error, ImageError, OptionError
 from .generation import GenerationOptions
 from .hookspecs import hookimpl
-from .images import describe, expand_folders
+from .images import describe, expand_folders, printable
 from .plugins import model_presets, plugin_info
 from .types import Result
 
@@ -49,7 +50,8 @@ million paths need no shell globbing.
 
 Output: one line per result on stdout, in input order. With one image the line is the text
 alone; with several it is IMAGE, a tab and the text (`cut -f2` keeps the text). --json prints
-one JSON object per line instead. An image that fails prints `blip2: IMAGE: reason` on stderr,
+one JSON object per line instead. Names print as UTF-8 on one line: bytes that are not UTF-8 as
+\\xNN, control characters (plain lines only) as \\n, \\t. An image that fails prints `blip2: IMAGE: reason` on stderr,
 the others are still processed, and the exit status is 1.
 """
 
@@ -155,7 +157,8 @@ def _one_line(text: str) -> str:
 
 @dataclasses.dataclass
 class _Inputs:
-    """The images of a command: the IMAGE arguments (folders expanded), then --files-from's lines."""
+    """The images of a command: the IMAGE arguments, then --files-from's lines (file names as the OS
+    decodes them, a leading BOM dropped); folders are expanded."""
 
     given: list[str]
     lines: IO[bytes] | None = None
@@ -168,7 +171,7 @@ class _Inputs:
             raise click.UsageError("no images: give IMAGE arguments or --files-from FILE")
         given, empty = expand_folders(images)
         single = len(images) == 1 and files_from is None and not os.path.isdir(images[0])
-        return cls(given, files_from, single, [f"{folder}: {reason}" for folder, reason in empty])
+        return cls(given, files_from, single, [f"{describe(folder)}: {reason}" for folder, reason in empty])
 
     @property
     def total(self) -> int | None:
@@ -179,14 +182,14 @@ class _Inputs:
         if self.lines is None:
             return
         for number, raw in enumerate(self.lines, 1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                self.problems.append(f"{self.lines.name}: line {number}: not UTF-8 text, skipped")
-                tqdm.write(f"blip2: {self.problems[-1]}", file=sys.stderr)
+            line = os.fsdecode((raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw).rstrip(b"\r\n"))
+            if not line.strip():
                 continue
-            if line.strip():
-                yield line
+            refs, empty = expand_folders([line])
+            for folder, reason in empty:
+                self.problems.append(f"{describe(folder)}: {reason}")
+                tqdm.write(f"blip2: {self.problems[-1]}", file=sys.stderr)
+            yield from refs
 
 
 def _run(inputs: _Inputs, results: Callable[[Iterator[str]], Iterator[Result]],
@@ -231,11 +234,11 @@ def _texts(result: Result) -> list[str]:
 def _plain(inputs: _Inputs) -> Callable[[str, Result], list[str]]:
     if inputs.single:
         return lambda image, result: [_one_line(text) for text in _texts(result)]
-    return lambda image, result: [f"{image}\t{_one_line(text)}" for text in _texts(result)]
+    return lambda image, result: [f"{printable(image)}\t{_one_line(text)}" for text in _texts(result)]
 
 
 def _record(image: str, result: Result, **fields: Any) -> str:
-    record = {"image": image, **fields, "score": result.score, "model": result.model,
+    record = {"image": printable(image, controls=False), **fields, "score": result.score, "model": result.model,
               "model_version": result.model_version}
     if len(result.candidates) > 1:
         record["candidates"] = [{"text": text, "score": score} for text, score in result.candidates]

@@ -13,8 +13,8 @@ import binascii
 import os
 import re
 import threading
+import time
 import urllib.parse
-import urllib.request
 from typing import Callable
 
 import httpx2
@@ -27,6 +27,8 @@ from .types import ImageLimits, ImageSource
 __all__ = ["SOURCES", "register_image_sources"]
 
 _USER_AGENT = "blip2plugins"
+#: Seconds a whole download may take, however steadily the bytes trickle in.
+DOWNLOAD_DEADLINE = 60.0
 _client: httpx2.Client | None = None
 _client_lock = threading.Lock()
 
@@ -65,10 +67,12 @@ def load_data_uri(ref: str, limits: ImageLimits) -> bytes:
         raise ImageError(description, f"bad base64 data ({exc})") from exc
 
 
-def load_http(url: str, limits: ImageLimits) -> bytes:
-    """Download ``url`` with the connect and read timeouts and the byte cap of ``limits``."""
+def load_http(url: str, limits: ImageLimits, *, deadline: float = DOWNLOAD_DEADLINE) -> bytes:
+    """Download ``url`` with the connect and read timeouts and the byte cap of ``limits``, in at most
+    ``deadline`` seconds for the body."""
     description = describe(url)
     timeout = httpx2.Timeout(limits.read_timeout, connect=limits.connect_timeout)
+    give_up = time.monotonic() + deadline
     try:
         with http_client().stream("GET", url, timeout=timeout) as response:
             if not response.is_success:
@@ -83,6 +87,8 @@ def load_http(url: str, limits: ImageLimits) -> bytes:
                 size += len(chunk)
                 if size > limits.max_bytes:
                     raise ImageError(description, f"too large (over the limit of {limits.max_bytes} bytes)")
+                if time.monotonic() > give_up:
+                    raise ImageError(description, f"timed out (the download took longer than {deadline:g} s)")
             return b"".join(chunks)
     except httpx2.TimeoutException as exc:
         raise ImageError(description, "timed out") from exc
@@ -95,12 +101,13 @@ def load_http(url: str, limits: ImageLimits) -> bytes:
 
 
 def load_file_url(url: str, limits: ImageLimits) -> bytes:
-    """Read a ``file://`` URL (``file:///abs/path`` or ``file://localhost/abs/path``) as a local path."""
+    """Read a ``file://`` URL (``file:///abs/path`` or ``file://localhost/abs/path``) as a local path; its
+    percent escapes are the path's bytes (``%FF``: a byte that is not UTF-8)."""
     description = describe(url)
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise ImageError(description, f"unsupported file URL host {parts.netloc!r}")
-    return read_path(urllib.request.url2pathname(parts.path), limits.max_bytes, description)
+    return read_path(os.fsdecode(urllib.parse.unquote_to_bytes(parts.path)), limits.max_bytes, description)
 
 
 SOURCES: list[ImageSource] = [

@@ -20,13 +20,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 from .types import ImageLimits, ImageSource
 
-__all__ = ["ImageInput", "describe", "load_image", "read_limited", "read_path"]
+__all__ = ["ImageInput", "describe", "load_image", "printable", "read_limited", "read_path"]
 
 #: Anything :func:`load_image` accepts.
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], Image.Image]
 
 _MAX_DESCRIPTION = 200
 _CHUNK = 1024 * 1024
+# Opening never blocks (a FIFO waits for a writer otherwise) nor makes a terminal ours; reads are unaffected.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+_KINDS = [(stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device")]
+_SURROGATES = re.compile("[\ud800-\udfff]")
 # ``scheme://`` with a scheme of two letters or more, so that ``C://x`` stays a Windows path.
 _SCHEME_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+://)[^/?#@]*@")
@@ -41,7 +46,7 @@ def describe(source: object) -> str:
 
     Paths and URLs as given (passwords in URLs masked, cut to about 200 characters),
     ``data:image/png;base64,... (N bytes)`` for data URIs, ``<bytes: N>``, ``<file object>``,
-    ``<PIL image>``.
+    ``<PIL image>``; always one line of valid UTF-8 (:func:`printable`).
     """
     if isinstance(source, Image.Image):
         return "<PIL image>"
@@ -57,11 +62,28 @@ def describe(source: object) -> str:
             text = f"{header[:60]},... ({len(payload)} bytes)" if comma else f"data:... ({len(source)} bytes)"
         else:
             text = _USERINFO.sub(r"\1***@", source)
-        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-        return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 3] + "..."
+        text = printable(text)
+        if len(text) <= _MAX_DESCRIPTION:
+            return text
+        half = (_MAX_DESCRIPTION - 3) // 2  # keep both ends: the file name stays in sight
+        return text[:half] + "..." + text[half + 3 - _MAX_DESCRIPTION:]
     if hasattr(source, "read"):
         return "<file object>"
     return f"<{type(source).__name__}>"
+
+
+def printable(text: str, *, controls: bool = True) -> str:
+    """``text`` as valid UTF-8: bytes that were not UTF-8 (the surrogate escapes of ``os.fsdecode``) as
+    ``\\xNN`` and, with ``controls``, other unprintable characters as escapes (``\\n``, ``\\t``), so that
+    it prints as one line. Without ``controls`` (for JSON, which escapes them itself) only the bytes."""
+    if controls:
+        return text if text.isprintable() else "".join(c if c.isprintable() else _escape(c) for c in text)
+    return _SURROGATES.sub(lambda match: _escape(match.group()), text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else ascii(char)[1:-1]
 
 
 def load_image(
@@ -73,8 +95,9 @@ def load_image(
 ) -> Image.Image:
     """Load ``source`` as an RGB image, or raise :class:`ImageError`.
 
-    A string is given to the first of ``sources`` (default: every registered image source) that
-    claims it; a string no source claims is a local path, unless it looks like ``scheme://...``.
+    A string naming an existing local file is that file; any other string is given to the first of
+    ``sources`` (default: every registered image source) that claims it; a string no source claims is
+    a local path, unless it looks like ``scheme://...``.
     Transparent images are composited on white; animated images give their first frame.
     ``draft=(width, height)`` lets a JPEG decode at a reduced scale (1/2, 1/4 or 1/8, by DCT scaling)
     that still covers that size: several times faster for large photos, with slightly different pixels.
@@ -146,19 +169,26 @@ def read_limited(stream: IO[bytes], max_bytes: int, source: str) -> bytes:
 
 
 def read_path(path: str | os.PathLike[str], max_bytes: int, source: str) -> bytes:
-    """Read a local file, refusing missing files, directories, empty files and files over ``max_bytes``."""
+    """Read a local file, refusing missing files, anything but a regular file (directories, named pipes,
+    devices: never opened for a blocking read), empty files and files over ``max_bytes``."""
     try:
-        with open(path, "rb") as file:
-            info = os.fstat(file.fileno())
+        fd = os.open(path, _OPEN_FLAGS)
+        try:
+            info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):
                 raise ImageError(source, "is a directory")
-            if stat.S_ISREG(info.st_mode) and info.st_size > max_bytes:
+            if not stat.S_ISREG(info.st_mode):
+                kind = next((name for test, name in _KINDS if test(info.st_mode)), "special")
+                raise ImageError(source, f"not a regular file ({kind})")
+            if info.st_size > max_bytes:
                 raise ImageError(source, f"too large ({info.st_size} bytes > limit {max_bytes})")
+        except BaseException:
+            os.close(fd)
+            raise
+        with open(fd, "rb") as file:
             data = read_limited(file, max_bytes, source)
     except FileNotFoundError as exc:
         raise ImageError(source, "file not found") from exc
-    except IsADirectoryError as exc:
-        raise ImageError(source, "is a directory") from exc
     except PermissionError as exc:
         reason = "is a directory" if os.path.isdir(path) else "permission denied"
         raise ImageError(source, reason) from exc
@@ -174,6 +204,8 @@ def read_path(path: str | os.PathLike[str], max_bytes: int, source: str) -> byte
 def _load_string(
     ref: str, description: str, limits: ImageLimits, sources: Sequence[ImageSource] | None
 ) -> _Decodable:
+    if os.path.lexists(ref):  # an existing file is that file, even if named like a URL (``file:x.png``)
+        return read_path(ref, limits.max_bytes, description)
     if sources is None:
         from .plugins import image_sources
 

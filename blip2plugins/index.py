@@ -25,6 +25,7 @@ versions.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ from tqdm import tqdm
 
 from .errors import ImageError, IndexFileError, OptionError
 from .files import write_atomic
-from .images import expand_folders, is_image_file
+from .images import describe, expand_folders, is_image_file
 from .types import ImageEmbedding
 
 try:
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from .host import Host
 
 __all__ = ["FORMAT_VERSION", "Hit", "ImageIndex", "IndexReport", "add_images", "build_index", "image_files",
-           "is_image_file", "search"]
+           "is_image_file", "locked", "search"]
 
 MAGIC = b"BLIP2IDX"
 FORMAT_VERSION = 1
@@ -105,6 +106,21 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+@contextmanager
+def locked(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the exclusive lock of the index file at ``path`` (an ``fcntl`` lock on ``.NAME.lock`` beside it,
+    as the adapter store locks itself), waiting for it: take it around each load-modify-save so that
+    concurrent updates all survive. Raises :class:`IndexFileError` when the lock file cannot be opened."""
+    target = Path(path)
+    try:
+        lock = open(target.with_name(f".{target.name}.lock"), "a")
+    except OSError as exc:
+        raise IndexFileError(f"index {target}: cannot lock: {exc.strerror or exc}") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 class ImageIndex:
@@ -440,7 +456,7 @@ def add_images(host: Host, index: ImageIndex, sources: Iterable[str], *, batch_s
                 if embedding.ok:
                     good.append(dataclasses.replace(embedding, source=ref))
                 else:
-                    report.failed.append((ref, (embedding.error or "failed").removeprefix(f"{ref}: ")))
+                    report.failed.append((ref, (embedding.error or "failed").removeprefix(f"{describe(ref)}: ")))
             report.replaced += [e.source for e in good if e.source in index]  # type: ignore[misc]
             index.add(good)
             report.added += [e.source for e in good]  # type: ignore[misc]

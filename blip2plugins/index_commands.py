@@ -15,6 +15,7 @@ import click
 from .commands import DEMO_MODEL, PROGRESS_THRESHOLD, _load_host, _one_line, _options, one_line_errors
 from .errors import Blip2Error
 from .hookspecs import hookimpl
+from .images import describe, printable
 from .presets import resolve
 
 if TYPE_CHECKING:
@@ -87,13 +88,18 @@ def _images(count: int) -> str:
     return f"{count} image{'' if count == 1 else 's'}"
 
 
+def _failures(report: IndexReport) -> None:
+    for source, reason in report.failed:
+        click.echo(f"blip2: {describe(source)}: {reason}", err=True)
+
+
 def _report(path: Path, index: ImageIndex, report: IndexReport, as_json: bool) -> bool:
     """Print what was indexed (failures on stderr); True when nothing failed."""
-    for source, reason in report.failed:
-        click.echo(f"blip2: {source}: {reason}", err=True)
+    _failures(report)
     if as_json:
         click.echo(json.dumps({"index": str(path), "added": len(report.added), "replaced": len(report.replaced),
-                               "failed": [{"source": s, "reason": r} for s, r in report.failed],
+                               "failed": [{"source": printable(s, controls=False), "reason": r}
+                                          for s, r in report.failed],
                                **index.metadata()}, ensure_ascii=False))
     else:
         click.echo(f"{path}: {_images(len(report.added))} indexed ({len(report.replaced)} replaced, "
@@ -133,11 +139,11 @@ def build(sources: tuple[str, ...], out: Path, model: str | None, device: str, d
         index, report = index_module.build_index(host, sources, batch_size=batch_size,
                                                  progress=_show_progress(progress, sources))
         if not len(index):
-            for source, reason in report.failed:
-                click.echo(f"blip2: {source}: {reason}", err=True)
+            _failures(report)
             click.echo(f"blip2: no image could be indexed; {out} was not written", err=True)
             return False
-        index.save(out)
+        with index_module.locked(out):  # not amid another command's update of the same file
+            index.save(out)
         return _report(out, index, report, as_json)
 
     with one_line_errors(Blip2Error, OSError):
@@ -157,7 +163,7 @@ def add(index_file: Path, sources: tuple[str, ...], model: str | None, device: s
     Failures are reported as with `build`; INDEX is rewritten atomically with the rest.
     """
     index_module = _index()
-    with one_line_errors(Blip2Error, OSError):
+    with one_line_errors(Blip2Error, OSError), index_module.locked(index_file):  # load, add, save: one update
         index = index_module.ImageIndex.load(index_file)
 
         def work(host: Host) -> bool:
@@ -181,7 +187,7 @@ def remove(index_file: Path, sources: tuple[str, ...], as_json: bool) -> None:
     removed, and the exit status is 1.
     """
     index_module = _index()
-    with one_line_errors(Blip2Error, OSError):
+    with one_line_errors(Blip2Error, OSError), index_module.locked(index_file):
         index = index_module.ImageIndex.load(index_file)
         found, unknown = [], []
         for source in sources:
@@ -194,10 +200,11 @@ def remove(index_file: Path, sources: tuple[str, ...], as_json: bool) -> None:
         if removed:
             index.save(index_file)
     for source in unknown:
-        click.echo(f"blip2: {source}: not in the index", err=True)
+        click.echo(f"blip2: {describe(source)}: not in the index", err=True)
     if as_json:
-        click.echo(json.dumps({"index": str(index_file), "removed": removed, "unknown": unknown, **index.metadata()},
-                              ensure_ascii=False))
+        click.echo(json.dumps({"index": str(index_file), "removed": removed,
+                               "unknown": [printable(source, controls=False) for source in unknown],
+                               **index.metadata()}, ensure_ascii=False))
     else:
         click.echo(f"{index_file}: {_images(removed)} removed, {len(index)} in the index")
     if unknown:
@@ -232,13 +239,13 @@ def search_command(index_file: Path, query: str, k: int, rerank: bool, image: bo
             hits = index_module.search(host, index, query, k=k, image=bool(image), rerank=rerank)
             for hit in hits:
                 if as_json:
-                    click.echo(json.dumps({"rank": hit.rank, "source": hit.source, "score": hit.score, "itm": hit.itm,
-                                           "query": query, "model": index.model, "model_version": index.model_version},
-                                          ensure_ascii=False))
+                    click.echo(json.dumps({"rank": hit.rank, "source": printable(hit.source, controls=False),
+                                           "score": hit.score, "itm": hit.itm, "query": query, "model": index.model,
+                                           "model_version": index.model_version}, ensure_ascii=False))
                 elif rerank:
-                    click.echo(f"{hit.itm:.4f}\t{hit.score:.4f}\t{hit.source}")
+                    click.echo(f"{hit.itm:.4f}\t{hit.score:.4f}\t{printable(hit.source)}")
                 else:
-                    click.echo(f"{hit.score:.4f}\t{hit.source}")
+                    click.echo(f"{hit.score:.4f}\t{printable(hit.source)}")
             return True
 
         _with_host(model or _index_model(index), device, dtype, work)
@@ -284,9 +291,9 @@ def match(image: str, texts: tuple[str, ...], model: str | None, device: str, dt
         scores = host.similarity(image, list(texts))[0].tolist()
         for text, probability, score in zip(texts, probabilities, scores):
             if as_json:
-                click.echo(json.dumps({"image": image, "text": text, "itm": probability, "itc": score,
-                                       "model": host.retrieval_name, "model_version": host.retrieval_version},
-                                      ensure_ascii=False))
+                click.echo(json.dumps({"image": printable(image, controls=False), "text": text, "itm": probability,
+                                       "itc": score, "model": host.retrieval_name,
+                                       "model_version": host.retrieval_version}, ensure_ascii=False))
             else:
                 click.echo(f"{probability:.4f}\t{score:.4f}\t{_one_line(text)}")
         return True

@@ -13,6 +13,7 @@ from PIL import Image
 
 from blip2plugins.demo import MODEL_DIR, world
 
+from test_images import png_header_only
 from test_plugins import write_distribution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,14 +115,65 @@ def test_files_from_stdin_streams_in_order(tiny_opt: Path, images: dict[str, str
     assert lines(result.stderr) == [f"blip2: {images['missing']}: file not found"]
 
 
-def test_a_files_from_line_that_is_not_utf8_is_reported_and_skipped(tiny_opt: Path, images: dict[str, str],
-                                                                   tmp_path: Path) -> None:
+def test_files_from_takes_any_file_name_skips_a_bom_and_expands_folders(tiny_opt: Path, images: dict[str, str],
+                                                                        tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (30, 200, 30)).save(folder / "green.png")
+    (tmp_path / "empty").mkdir()
     listing = tmp_path / "list.txt"
-    listing.write_bytes(b"/photos/caf\xe9.png\n" + images["red"].encode() + b"\n")
+    listing.write_bytes(b"\xef\xbb\xbf" + images["red"].encode() + b"\r\n/photos/caf\xe9.png\n" + bytes(folder) + b"\n"
+                        + bytes(tmp_path / "empty") + b"\n")
     result = blip2("caption", "--files-from", str(listing), "--model", str(tiny_opt), "--max-new-tokens", "3")
     assert result.returncode == 1
-    assert [line.split("\t")[0] for line in lines(result.stdout)] == [images["red"]]
-    assert lines(result.stderr) == [f"blip2: {listing}: line 1: not UTF-8 text, skipped"]
+    assert [line.split("\t")[0] for line in lines(result.stdout)] == [images["red"], str(folder / "green.png")]
+    assert sorted(lines(result.stderr)) == sorted([  # the folder's line comes as the list is read, ahead of results
+        "blip2: /photos/caf\\xe9.png: file not found",  # a Latin-1 name, as the OS sees it
+        f"blip2: {tmp_path / 'empty'}: no image files in this folder"])
+
+
+def test_names_that_are_not_utf8_or_hold_controls_print_as_one_valid_utf8_line(tiny_opt: Path, images: dict[str, str],
+                                                                                tmp_path: Path) -> None:
+    odd = os.fsdecode(bytes(tmp_path) + b"/bad\xffname\n.png")  # a byte that is not UTF-8, and a newline
+    Image.open(images["red"]).save(os.fsencode(odd), "PNG")
+    shown = str(tmp_path / "bad\\xffname\\n.png")
+    gone = os.fsdecode(bytes(tmp_path) + b"/gone\xff\t.png")
+    for env in ({"PYTHONIOENCODING": "utf-8"}, {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": ""}):
+        args = ("caption", odd, gone, images["blue"], "--model", str(tiny_opt), "--max-new-tokens", "3")
+        plain = blip2(*args, **env)  # output that is not UTF-8 fails to decode here
+        assert plain.returncode == 1 and "Traceback" not in plain.stderr, plain.stderr
+        assert [line.split("\t")[0] for line in lines(plain.stdout)] == [shown, images["blue"]]
+        assert lines(plain.stderr) == [f"blip2: {tmp_path}/gone\\xff\\t.png: file not found"]
+        records = [json.loads(line) for line in lines(blip2(*args, "--json", **env).stdout)]
+        assert [r["image"] for r in records] == [str(tmp_path / "bad\\xffname\n.png"), images["blue"]]
+
+
+def test_a_full_disk_is_one_line(tiny_opt: Path, images: dict[str, str]) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    clean = {k: v for k, v in os.environ.items() if k not in ("BLIP2_MODEL", "BLIP2_PLUGINS", "BLIP2_BLOCK_PLUGINS")}
+    for args in (["models"], ["caption", images["red"], images["blue"], "--model", str(tiny_opt),
+                              "--max-new-tokens", "3"]):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([sys.executable, "-m", "blip2plugins.cli", *args], stdout=full,
+                                    stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                    env={**clean, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+        assert result.returncode == 1
+        assert result.stderr == "blip2: error: No space left on device\n"
+
+
+def test_an_interrupt_while_plugins_load_is_aborted_without_a_traceback(tmp_path: Path) -> None:
+    write_distribution(tmp_path, "slow-dist", "slow", "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    result = blip2("models", PYTHONPATH=str(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "Aborted!\n")
+
+
+def test_an_image_over_pillows_pixel_limit_is_one_line(tiny_opt: Path, images: dict[str, str], tmp_path: Path) -> None:
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header_only(10_000, 10_000))  # over Pillow's warning limit and over ours
+    result = blip2("caption", str(huge), images["red"], "--model", str(tiny_opt), "--max-new-tokens", "3")
+    assert result.returncode == 1
+    assert lines(result.stderr) == [f"blip2: {huge}: too many pixels (10000x10000 > limit 64000000)"]
 
 
 def test_no_images_is_a_usage_error() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import os
 import socket
 import struct
 import threading
@@ -18,7 +20,7 @@ from PIL import Image, features
 
 from blip2plugins import default_sources
 from blip2plugins.errors import ImageError
-from blip2plugins.images import describe, load_image
+from blip2plugins.images import describe, load_image, printable
 from blip2plugins.types import ImageLimits, ImageSource
 
 SOURCES = default_sources.SOURCES
@@ -87,6 +89,22 @@ def test_file_url(tmp_path):
     refused((tmp_path / "gone.png").as_uri(), "file not found")
 
 
+def test_file_url_escapes_are_the_file_names_bytes(tmp_path):
+    name = os.fsencode(tmp_path) + b"/bad\xffname.png"  # a name that is not UTF-8
+    with open(name, "wb") as file:
+        file.write(RED_PNG)
+    assert load("file://" + urllib.parse.quote_from_bytes(name)).getpixel((0, 0)) == RED
+
+
+@pytest.mark.parametrize("name", ["file:x.png", "http:y.png", "data:z.png", "https://example.com/w.png"])
+def test_an_existing_file_named_like_a_url_is_that_file(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.png").write_bytes(encode(Image.new("RGB", (4, 4), WHITE), "PNG"))  # what file:x.png names
+    Path(name).parent.mkdir(parents=True, exist_ok=True)
+    Path(name).write_bytes(RED_PNG)
+    assert load(name).getpixel((0, 0)) == RED
+
+
 def test_pil_image_is_converted_without_touching_the_callers_image():
     original = Image.new("L", (5, 5), 77)
     image = load(original)
@@ -111,6 +129,22 @@ def test_missing_path(tmp_path):
 
 def test_directory(tmp_path):
     refused(tmp_path, "is a directory")
+
+
+@pytest.mark.parametrize("path, kind", [("fifo", "a named pipe"), ("/dev/null", "a device"),
+                                        ("/dev/zero", "a device")])
+def test_anything_but_a_regular_file_is_refused_without_reading_it(tmp_path, path, kind):
+    if path == "fifo":
+        path = str(tmp_path / "pipe.png")
+        os.mkfifo(path)  # opening it for reading would wait for a writer forever
+    elif not os.path.exists(path):
+        pytest.skip(f"no {path} here")
+    errors = []
+    reader = threading.Thread(target=lambda: errors.append(pytest.raises(ImageError, load, path).value), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "the loader is stuck on a special file"
+    assert errors[0].reason == f"not a regular file ({kind})"
 
 
 def test_empty_file(tmp_path):
@@ -314,8 +348,19 @@ def test_describe():
     assert describe(Path("a/b.png")) == str(Path("a/b.png"))
     assert describe("https://user:secret@host/x.png") == "https://***@host/x.png"
     assert describe("bad\nname.png") == "bad\\nname.png"
+    assert describe(os.fsdecode(b"bad\xffname.png")) == "bad\\xffname.png"  # valid UTF-8, one line
     long_url = "https://example.com/" + "x" * 1000
     assert len(describe(long_url)) == 200 and describe(long_url).startswith("https://example.com/xx")
+    deep = "/photos/" + "deep/" * 100
+    ends = [describe(deep + name) for name in ("cat.png", "dog.png")]
+    assert [len(e) for e in ends] == [200, 200] and ends[0].endswith("/deep/cat.png") and ends[1].endswith("/dog.png")
+
+
+def test_printable_escapes_bytes_that_are_not_utf8_and_with_controls_unprintables():
+    name = os.fsdecode(b"caf\xc3\xa9/bad\xffname\n\tx.png")
+    assert printable(name) == "café/bad\\xffname\\n\\tx.png"
+    assert printable(name, controls=False) == "café/bad\\xffname\n\tx.png"  # for JSON, which escapes those
+    assert printable("\ud800") == printable("\ud800", controls=False) == "\\ud800"  # no byte: still valid UTF-8
 
 
 def test_unsupported_input_type():
@@ -457,6 +502,39 @@ def test_http_read_timeout(server, path):
     start = time.monotonic()
     refused(server + path, "timed out", limits=ImageLimits(read_timeout=0.3))
     assert time.monotonic() - start < 1.3
+
+
+def test_http_download_has_an_overall_deadline():
+    """A server that sends a byte at a time, each well within the read timeout, is cut off at the deadline."""
+
+    class Trickle(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(RED_PNG)))
+            self.end_headers()
+            try:
+                for byte in RED_PNG:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    httpd = _Server(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    http = ImageSource("http", functools.partial(default_sources.load_http, deadline=0.5), scheme="http")
+    try:
+        start = time.monotonic()
+        err = refused(f"http://127.0.0.1:{httpd.server_address[1]}/slow.png", "timed out", sources=[http])
+        assert time.monotonic() - start < 1.5
+        assert err.reason == "timed out (the download took longer than 0.5 s)"
+        assert default_sources.DOWNLOAD_DEADLINE == 60
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_http_connection_refused():

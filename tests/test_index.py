@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -433,3 +435,40 @@ def test_match_command(cli, host, tiny_retrieval: Path, folder: Path) -> None:
     assert [r["itc"] for r in records] == pytest.approx(host.similarity(image, TEXTS)[0].tolist(), abs=1e-6)
     result = run(cli, "match", str(folder / "broken.png"), "x", "--model", str(tiny_retrieval))
     assert result.exit_code == 1 and result.stderr.startswith(f"blip2: {folder / 'broken.png'}: ")
+
+
+def test_names_that_are_not_utf8_or_hold_controls_print_as_one_valid_utf8_line(cli, folder: Path,
+                                                                                tiny_retrieval: Path,
+                                                                                tmp_path: Path) -> None:
+    odd = os.fsdecode(bytes(tmp_path) + b"/bad\xffname.png")  # a byte that is not UTF-8 (as the OS gives it)
+    Image.open(folder / "red.png").save(os.fsencode(odd), "PNG")
+    (tmp_path / "new\nline.png").write_text("not an image")
+    shown, out = f"{tmp_path}/bad\\xffname.png", tmp_path / "odd.index"
+    result = run(cli, "index", "build", str(tmp_path), "--out", str(out), "--model", str(tiny_retrieval), "--json")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["failed"][0]["source"] == str(tmp_path / "new\nline.png")  # JSON escapes it
+    assert result.stderr.splitlines() == [f"blip2: {tmp_path}/new\\nline.png: not an image (got text)"]
+    result = run(cli, "index", "search", str(out), "a red circle", "-k", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split("\t")[1] == shown + "\n"
+    result = run(cli, "index", "search", str(out), "a red circle", "-k", "1", "--json")
+    assert json_lines(result.stdout)[0]["source"] == shown
+    result = run(cli, "match", odd, "a red circle", "--model", str(tiny_retrieval), "--json")
+    assert json_lines(result.stdout)[0]["image"] == shown
+    result = run(cli, "index", "remove", str(out), os.fsdecode(b"gone\xff.png"), "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["unknown"] == ["gone\\xff.png"]
+    assert result.stderr.splitlines() == ["blip2: gone\\xff.png: not in the index"]
+
+
+def test_concurrent_adds_to_one_index_all_survive(host, folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shared.index"
+    build_index(host, [str(folder / "red.png")], progress=False)[0].save(out)
+    clean = {k: v for k, v in os.environ.items() if k not in ("BLIP2_MODEL", "BLIP2_PLUGINS", "BLIP2_BLOCK_PLUGINS")}
+    adds = [subprocess.Popen([sys.executable, "-m", "blip2plugins.cli", "index", "add", str(out), str(folder / image)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**clean, "CUDA_VISIBLE_DEVICES": ""}) for image in ("green.png", "blue.png")]
+    for add in adds:  # each loads the index, then its model (seconds), embeds, and saves
+        _, errors = add.communicate(timeout=300)
+        assert add.returncode == 0, errors
+    assert sorted(ImageIndex.load(out).sources) == sorted(str(folder / name) for name in ("blue.png", "green.png",
+                                                                                        "red.png"))
