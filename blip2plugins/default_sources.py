@@ -27,8 +27,6 @@ from .types import ImageLimits, ImageSource
 __all__ = ["SOURCES", "register_image_sources"]
 
 _USER_AGENT = "blip2plugins"
-#: Seconds a whole download may take, however steadily the bytes trickle in.
-DOWNLOAD_DEADLINE = 60.0
 _client: httpx2.Client | None = None
 _client_lock = threading.Lock()
 
@@ -67,12 +65,12 @@ def load_data_uri(ref: str, limits: ImageLimits) -> bytes:
         raise ImageError(description, f"bad base64 data ({exc})") from exc
 
 
-def load_http(url: str, limits: ImageLimits, *, deadline: float = DOWNLOAD_DEADLINE) -> bytes:
-    """Download ``url`` with the connect and read timeouts and the byte cap of ``limits``, in at most
-    ``deadline`` seconds for the body."""
+def load_http(url: str, limits: ImageLimits) -> bytes:
+    """Download ``url`` with the timeouts and the byte cap of ``limits`` (the body, however steadily
+    it trickles in, within ``download_timeout``)."""
     description = describe(url)
     timeout = httpx2.Timeout(limits.read_timeout, connect=limits.connect_timeout)
-    give_up = time.monotonic() + deadline
+    give_up = time.monotonic() + limits.download_timeout
     try:
         with http_client().stream("GET", url, timeout=timeout) as response:
             if not response.is_success:
@@ -88,7 +86,7 @@ def load_http(url: str, limits: ImageLimits, *, deadline: float = DOWNLOAD_DEADL
                 if size > limits.max_bytes:
                     raise ImageError(description, f"too large (over the limit of {limits.max_bytes} bytes)")
                 if time.monotonic() > give_up:
-                    raise ImageError(description, f"timed out (the download took longer than {deadline:g} s)")
+                    raise ImageError(description, f"timed out (the download took longer than {limits.download_timeout:g} s)")
             return b"".join(chunks)
     except httpx2.TimeoutException as exc:
         raise ImageError(description, "timed out") from exc

@@ -16,12 +16,14 @@ LoadedImage = Union[bytes, "IO[bytes]", "Image.Image"]
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Limits applied to every image input, whatever its source."""
+    """Limits applied to every image input, whatever its source. The timeouts are in seconds:
+    ``read_timeout`` between two reads, ``download_timeout`` for a whole download."""
 
     max_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 64_000_000
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    download_timeout: float = 60.0
 
 
 @dataclass(frozen=True)

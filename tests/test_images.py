@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import os
 import socket
@@ -525,13 +524,13 @@ def test_http_download_has_an_overall_deadline():
 
     httpd = _Server(("127.0.0.1", 0), Trickle)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    http = ImageSource("http", functools.partial(default_sources.load_http, deadline=0.5), scheme="http")
     try:
         start = time.monotonic()
-        err = refused(f"http://127.0.0.1:{httpd.server_address[1]}/slow.png", "timed out", sources=[http])
+        err = refused(f"http://127.0.0.1:{httpd.server_address[1]}/slow.png", "timed out",
+                      limits=ImageLimits(download_timeout=0.5))
         assert time.monotonic() - start < 1.5
         assert err.reason == "timed out (the download took longer than 0.5 s)"
-        assert default_sources.DOWNLOAD_DEADLINE == 60
+        assert ImageLimits().download_timeout == 60
     finally:
         httpd.shutdown()
         httpd.server_close()
