@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from PIL import Image
@@ -93,11 +95,22 @@ def main(args: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # click reports interrupts only once a command runs
         click.echo("Aborted!", err=True)
         sys.exit(130)
+    interrupted = threading.Event()
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
     try:
         try:
             cli.main(args=args, prog_name="blip2")
         finally:
             sys.stdout.flush()  # a full disk shows here, not in an "Exception ignored" at exit
+    except SystemExit:
+        if interrupted.is_set():  # click printed "Aborted!" and exits 1: say it was an interrupt
+            sys.exit(130)
+        raise
     except Blip2Error as exc:  # a command let one through: still one line, never a traceback
         _fail(str(exc))
     except OSError as exc:  # e.g. a full disk under stdout (click itself ends quietly on a closed pipe)

@@ -168,6 +168,22 @@ def test_an_interrupt_while_plugins_load_is_aborted_without_a_traceback(tmp_path
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "Aborted!\n")
 
 
+def test_an_interrupt_while_a_command_runs_exits_130(tmp_path: Path) -> None:
+    write_distribution(tmp_path, "stop-dist", "stop", '''
+        import os, signal, time
+        from blip2plugins.hookspecs import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command()
+            def wait():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+    ''')
+    result = blip2("wait", PYTHONPATH=str(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "\nAborted!\n")
+
+
 def test_an_image_over_pillows_pixel_limit_is_one_line(tiny_opt: Path, images: dict[str, str], tmp_path: Path) -> None:
     huge = tmp_path / "huge.png"
     huge.write_bytes(png_header_only(10_000, 10_000))  # over Pillow's warning limit and over ours
