@@ -101,7 +101,8 @@ def main(args: list[str] | None = None) -> None:
         interrupted.set()
         signal.default_int_handler(signum, frame)
 
-    signal.signal(signal.SIGINT, on_interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if SIGINT is ignored (a background job)
+        signal.signal(signal.SIGINT, on_interrupt)
     try:
         try:
             cli.main(args=args, prog_name="blip2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,15 @@ CAPTION_KEYS = {"image", "caption", "score", "model", "model_version"}
 ASK_KEYS = {"image", "question", "answer", "score", "model", "model_version"}
 
 
-def blip2(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``blip2 ARGS`` with no model, plugin or CUDA choice inherited from the environment."""
+def blip2(*args: str, stdin: str | None = None, interruptible: bool = False,
+          **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``blip2 ARGS`` with no model, plugin or CUDA choice inherited from the environment
+    (``interruptible``: with SIGINT's default action, even when the tests run as a background job)."""
     clean = {k: v for k, v in os.environ.items() if k not in ("BLIP2_MODEL", "BLIP2_PLUGINS", "BLIP2_BLOCK_PLUGINS")}
+    default_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if interruptible else None
     return subprocess.run([sys.executable, "-m", "blip2plugins.cli", *args], input=stdin, capture_output=True,
-                          text=True, cwd=ROOT, env={**clean, "CUDA_VISIBLE_DEVICES": "", **env}, timeout=300)
+                          text=True, cwd=ROOT, env={**clean, "CUDA_VISIBLE_DEVICES": "", **env}, timeout=300,
+                          preexec_fn=default_sigint)
 
 
 def lines(text: str) -> list[str]:
@@ -164,7 +169,7 @@ def test_a_full_disk_is_one_line(tiny_opt: Path, images: dict[str, str]) -> None
 
 def test_an_interrupt_while_plugins_load_is_aborted_without_a_traceback(tmp_path: Path) -> None:
     write_distribution(tmp_path, "slow-dist", "slow", "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
-    result = blip2("models", PYTHONPATH=str(tmp_path))
+    result = blip2("models", interruptible=True, PYTHONPATH=str(tmp_path))
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "Aborted!\n")
 
 
@@ -180,7 +185,7 @@ def test_an_interrupt_while_a_command_runs_exits_130(tmp_path: Path) -> None:
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(5)
     ''')
-    result = blip2("wait", PYTHONPATH=str(tmp_path))
+    result = blip2("wait", interruptible=True, PYTHONPATH=str(tmp_path))
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "\nAborted!\n")
 
 
