@@ -150,7 +150,8 @@ class Host:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._loader = ThreadPoolExecutor(loader_threads or min(_MAX_LOADERS, _usable_cpus()), "blip2-load")
+        self.loader_threads = loader_threads or min(_MAX_LOADERS, _usable_cpus())
+        self._loader = ThreadPoolExecutor(self.loader_threads, "blip2-load")
         self._preparing = 0  # callers loading images that have queued nothing yet: the worker waits for them
         self._preparing_lock = threading.Lock()
         self._closed = False
@@ -618,11 +619,12 @@ class Host:
         loader threads (even a single image: a burst of callers decodes at most ``loader_threads``
         images at once); ``seconds`` is how long each item took to prepare. The next chunk is already
         loading while the caller handles this one."""
-        ahead: tuple[list[T], list[Future[tuple[R, float]]]] | None = None
+        ahead: tuple[list[T], list[Future[list[tuple[R, float]]]]] | None = None
         for chunk in _chunks(items, self.max_batch_size):
             self._check_open()
+            shares = min(self.loader_threads, len(chunk))  # one task per thread: fewer hand-offs than per item
             try:
-                loading = chunk, [self._loader.submit(_timed, prepare, item) for item in chunk]
+                loading = chunk, [self._loader.submit(_prepare_each, prepare, chunk[i::shares]) for i in range(shares)]
             except RuntimeError:  # close() shut the loader down after our check
                 raise Blip2Error("the host is closed") from None
             if ahead is not None:
@@ -910,14 +912,20 @@ def _finish_reason(stopped: bool, early: bool, stream: TextStream | None) -> str
     return "cancelled" if stream is not None and stream.closed else "stop"
 
 
-def _timed(prepare: Callable[[T], R], item: T) -> tuple[R, float]:
-    started = time.perf_counter()
-    return prepare(item), time.perf_counter() - started
+def _prepare_each(prepare: Callable[[T], R], items: list[T]) -> list[tuple[R, float]]:
+    """What preparing each item gave, and how long it took."""
+    done = []
+    for item in items:
+        started = time.perf_counter()
+        done.append((prepare(item), time.perf_counter() - started))
+    return done
 
 
-def _unpacked(chunk: list[T], loading: list[Future[tuple[R, float]]]) -> tuple[list[T], list[R], list[float]]:
-    """A prefetched chunk once loaded: its items, what preparing each gave, and how long each took."""
-    done = [future.result() for future in loading]
+def _unpacked(chunk: list[T], loading: list[Future[list[tuple[R, float]]]]) -> tuple[list[T], list[R], list[float]]:
+    """A prefetched chunk once loaded (share ``i`` held items ``i, i + shares, ...``): its items,
+    what preparing each gave, and how long each took."""
+    shares = [future.result() for future in loading]
+    done = [shares[i % len(shares)][i // len(shares)] for i in range(len(chunk))]
     return chunk, [outcome for outcome, _ in done], [seconds for _, seconds in done]
 
 
