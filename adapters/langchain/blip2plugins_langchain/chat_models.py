@@ -117,6 +117,18 @@ class ChatBlip2(HostSettings, BaseChatModel):
             profile["max_input_tokens"] = context
         return profile
 
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        """BLIP-2 cannot call tools: raises ``NotImplementedError`` saying what to do instead."""
+        raise NotImplementedError(
+            "ChatBlip2 cannot call tools: BLIP-2 answers about images, it does not choose tools. To give an "
+            "agent eyes, bind BLIP-2's tools to a tool-calling chat model: Blip2Toolkit(...).get_tools()")
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        """BLIP-2 cannot fill a schema: raises ``NotImplementedError`` saying so."""
+        raise NotImplementedError(
+            "ChatBlip2 cannot give structured output: BLIP-2 generates a short free text about the image. "
+            "Parse its answer, or have a model with structured output read it")
+
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` by the model's own tokenizer (no special tokens)."""
         return list(self.get_host().loaded.processor.tokenizer(text, add_special_tokens=False).input_ids)

@@ -84,6 +84,13 @@ def test_an_ai_message_with_only_tool_calls_is_no_turn(chat):
     assert reply.response_metadata["prompt"] == "Question: how many shapes? is there a circle? Answer:"
 
 
+def test_binding_tools_or_a_schema_says_why_not(chat):
+    with pytest.raises(NotImplementedError, match=r"ChatBlip2 cannot call tools.*Blip2Toolkit"):
+        chat.bind_tools([])
+    with pytest.raises(NotImplementedError, match="ChatBlip2 cannot give structured output"):
+        chat.with_structured_output({"title": "x", "type": "object", "properties": {}})
+
+
 def test_without_an_image_the_language_model_answers_alone(chat):
     host = chat.get_host()
     encoded = host.stats()["encoded"]

@@ -43,6 +43,14 @@ class ChatParams:
     def returns_usage_metadata(self) -> bool:
         return True
 
+    @property
+    def has_tool_calling(self) -> bool:  # ChatBlip2.bind_tools only explains why not
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:  # nor does with_structured_output
+        return False
+
 
 class CaptionParams:
     @property
