@@ -194,7 +194,8 @@ class AdapterStore:
         return adapter
 
     def judge(self, candidate: AdapterVersion, *, metric: str = "caption_exact_match", margin: float = 0.0,
-              higher_is_better: bool = True, baseline: float | None = None) -> AdapterVersion:
+              higher_is_better: bool = True, baseline: float | None = None,
+              baseline_version: str | None = None) -> AdapterVersion:
         """The eval gate: promote ``candidate`` if its ``metric`` beats the current version's by ``margin``.
 
         ``baseline`` is the metric of what is served now (the current version, or the base model when
@@ -202,7 +203,9 @@ class AdapterStore:
         stored with the current version, which was measured on other data. Without it, and with no
         current version, the candidate is promoted. Otherwise, or when the metric is missing, it
         is stored as ``"refused"`` with a reason naming both values. Returns the updated version; the
-        current version itself is returned unchanged.
+        current version itself is returned unchanged. ``baseline_version`` is the version ``baseline``
+        was measured on (``None``: the base model); if another became current since, the candidate is
+        refused, since it was never compared with what is served now.
         """
         if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin):
             raise StoreError(f"margin must be a finite number, got {margin!r}")
@@ -213,7 +216,14 @@ class AdapterStore:
             current = self.current(base_model, name)
             if current is not None and current.version == adapter.version:
                 return adapter
-            passed, reason = _verdict(adapter, current, metric, margin, higher_is_better, baseline)
+            serving = current.version if current is not None else None
+            if baseline is not None and serving != baseline_version:
+                passed, reason = False, (
+                    f"measured against {baseline_version or 'the base model'}, but {serving or 'the base model'} "
+                    "became current during training: not compared with what is served now (promote it by hand "
+                    "if it is better)")
+            else:
+                passed, reason = _verdict(adapter, current, metric, margin, higher_is_better, baseline)
             if passed:
                 judged = self._promote_locked(adapter, reason)
             else:

@@ -443,3 +443,20 @@ def test_check_images_drops_records_with_corrupt_images(tmp_path: Path) -> None:
     assert len(data) == 4  # the original is unchanged
     with pytest.raises(DataError, match=r"d\.jsonl:2: .*text\.png: not an image"):
         data.check_images(strict=True)
+
+
+def test_a_csv_quote_never_closed_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    png(tmp_path / "a.png")
+    path = tmp_path / "d.csv"
+    path.write_text('image,caption\na.png,a red square\na.png,"a red circle\nb.png,a blue square\n')
+    with pytest.raises(DataError, match=r"d\.csv:3: bad CSV \(unexpected end of data\)"):
+        read_dataset(path)
+
+
+def test_a_caption_or_answer_without_words_is_skipped(tmp_path: Path) -> None:
+    png(tmp_path / "a.png")
+    path = jsonl(tmp_path / "d.jsonl", {"image": "a.png", "caption": "--"},
+                 {"image": "a.png", "question": "what?", "answer": "?!"}, {"image": "a.png", "caption": "a 2"})
+    data = read_dataset(path)
+    assert [r.target for r in data] == ["a 2"]
+    assert problems(data) == {f"{path}:1": "caption '--' has no words", f"{path}:2": "answer '?!' has no words"}

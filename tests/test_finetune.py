@@ -12,11 +12,12 @@ from PIL import Image
 
 from blip2plugins import hookimpl, plugins
 from blip2plugins.cli import build_cli
-from blip2plugins.errors import ModelLoadError
+from blip2plugins.errors import DataError, ModelLoadError
 from blip2plugins.demo import world
 from blip2plugins.host import Host
 from blip2plugins.store import AdapterStore
 from blip2plugins.training import TrainConfig
+from blip2plugins.training.data import read_dataset
 from blip2plugins.training.finetune import FinetuneConfig, finetune
 
 
@@ -166,3 +167,26 @@ def test_accelerate_launch_trains_on_two_processes(tiny_opt, tmp_path) -> None:
     assert done.stderr.count("held-out after training") == 1  # only the main process reports
     with Host.load(str(tiny_opt), adapter=str(tmp_path / "out")) as host:
         assert "+out@" in host.model_version
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainConfig(lr=float("nan")), "lr must be a finite number > 0, got nan"),
+    (lambda: TrainConfig(lr=float("inf")), "lr must be a finite number > 0, got inf"),
+    (lambda: FinetuneConfig(margin=float("nan")), "margin must be a finite number, got nan"),
+    (lambda: FinetuneConfig(metric="bleu"), "unknown gate metric 'bleu': expected one of caption_exact_match, bleu4"),
+    (lambda: FinetuneConfig(metric="n_captions"), "unknown gate metric 'n_captions'"),
+])
+def test_run_settings_training_would_fail_on_are_refused_up_front(make, message) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        make()
+
+
+def test_strict_refuses_an_image_that_does_not_decode_before_loading_the_model(tmp_path: Path, monkeypatch) -> None:
+    data = write_dataset(tmp_path)
+    (tmp_path / "corrupt.png").write_text("not an image")
+    with data.open("a") as file:
+        file.write(json.dumps({"image": "corrupt.png", "caption": "a red circle"}) + "\n")
+    monkeypatch.setattr("blip2plugins.models.load", lambda *a, **k: pytest.fail("loaded the model"))
+    records = read_dataset(data)  # reading skips the record of missing.png; decoding is what strict checks here
+    with pytest.raises(DataError, match=r"corrupt\.png: not an image"):
+        finetune("demo", records, FinetuneConfig(), out=tmp_path / "out", strict=True)

@@ -457,3 +457,15 @@ def test_resolve_names_a_version_by_adapter_name(tmp_path) -> None:
     assert store.resolve("demo", "words").version == "v0001"
     with pytest.raises(StoreError, match=r"no adapter 'other' .*\(adapters: words\)"):
         store.resolve("demo", "other")
+
+
+def test_gate_refuses_when_what_is_served_changed_since_the_baseline(tmp_path) -> None:
+    store = AdapterStore(tmp_path)
+    write = lambda folder: (folder / "w.bin").write_bytes(b"1")  # noqa: E731
+    other = store.add("demo", "words", write, method="lora", metrics={"caption_exact_match": 0.9}, dataset="d0")
+    candidate = store.add("demo", "words", write, method="lora", metrics={"caption_exact_match": 0.6}, dataset="d1")
+    store.promote("demo", "words", other.version)  # by hand, while the candidate trained against the base model
+    judged = store.judge(candidate, baseline=0.5, baseline_version=None)
+    assert judged.status == "refused"
+    assert judged.reason.startswith(f"measured against the base model, but {other.version} became current")
+    assert store.current("demo", "words").version == other.version

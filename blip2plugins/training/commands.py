@@ -29,7 +29,8 @@ def register_commands(cli: click.Group) -> None:
                   help="Write the artifact and report to this folder instead of a store.")
     @click.option("--eval-split", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
                   help="Fraction of images held out to measure the model before and after.")
-    @click.option("--metric", help="Gate metric (default: caption_exact_match, or vqa_accuracy without captions).")
+    @click.option("--metric", help="Gate metric: caption_exact_match, bleu4, cider or vqa_accuracy "
+                                   "(default: caption_exact_match, or vqa_accuracy without captions).")
     @click.option("--margin", type=float, default=0.0, show_default=True,
                   help="The new adapter must beat the current one by this much to be promoted.")
     @click.option("--no-promote", is_flag=True, help="Store the new version without judging or promoting it.")
@@ -82,7 +83,7 @@ def register_commands(cli: click.Group) -> None:
                                     promote=not no_promote)
             dataset = read_dataset(list(data), strict=strict)
             target = {"out": out} if out else {"store": AdapterStore(store)}
-            result = finetune(model, dataset, config, name=name, device=device,
+            result = finetune(model, dataset, config, name=name, device=device, strict=strict,
                               log=lambda line: click.echo(line, err=True), **target)
         except (Blip2Error, ValueError, OSError) as exc:
             click.echo(f"blip2: {exc}", err=True)

@@ -376,7 +376,8 @@ class _Reader:
             self.add(where, fields)
 
     def _csv(self) -> None:
-        reader = csv.reader(io.StringIO(self._text_of_file(), newline=""))
+        reader = csv.reader(io.StringIO(self._text_of_file(), newline=""), strict=True)
+        start = 1
         try:
             header = [name.strip() for name in next(reader, [])]
             if not header:
@@ -392,8 +393,8 @@ class _Reader:
                     self.bad(where, f"{len(row)} fields, but the header names {len(header)}")
                     continue
                 self.add(where, {name: cell for name, cell in zip(header, row) if cell.strip()})
-        except csv.Error as exc:
-            raise DataError(f"{self.path}:{reader.line_num}: bad CSV ({exc})") from exc
+        except csv.Error as exc:  # e.g. a quote opened on line ``start`` and never closed
+            raise DataError(f"{self.path}:{start}: bad CSV ({exc})") from exc
 
     def _json(self, kind: str) -> None:
         try:
@@ -494,14 +495,21 @@ def _pair(fields: Mapping[str, Any]) -> tuple[str | None, str]:
     if caption is not None:
         if question is not None or answer is not None:
             raise _Bad("has both a caption and a question/answer")
-        return None, caption
+        return None, _worded(caption, "caption")
     if question is None and answer is None:
         raise _Bad("missing caption (or question and answer)")
     if answer is None:
         raise _Bad("question without an answer")
     if question is None:
         raise _Bad("answer without a question")
-    return question, answer
+    return question, _worded(answer, "answer")
+
+
+def _worded(text: str, name: str) -> str:
+    """``text`` if it has a letter or digit (what caption metrics can score), else :class:`_Bad`."""
+    if not any(c.isalnum() for c in text):
+        raise _Bad(f"{name} {text!r} has no words")
+    return text
 
 
 def _text(value: object, name: str) -> str | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import sys
 import time
@@ -38,6 +39,8 @@ from .methods import apply_method
 from .metrics import caption_metrics, vqa_accuracy
 
 Log = Callable[[str], None]
+#: What the gate can compare: the held-out metrics :func:`evaluate` measures (higher is better).
+GATE_METRICS = ("caption_exact_match", "bleu4", "cider", "vqa_accuracy")
 
 
 def _stderr(message: str) -> None:
@@ -66,6 +69,10 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_split < 1.0:
             raise ValueError(f"eval_split must be in [0, 1), got {self.eval_split}")
+        if not math.isfinite(self.margin):
+            raise ValueError(f"margin must be a finite number, got {self.margin}")
+        if self.metric is not None and self.metric not in GATE_METRICS:
+            raise ValueError(f"unknown gate metric {self.metric!r}: expected one of {', '.join(GATE_METRICS)}")
 
 
 @dataclass
@@ -133,17 +140,18 @@ def _token_ids(tokenizer: Any, word: str) -> set[int]:
 
 def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path], config: FinetuneConfig, *,
              store: AdapterStore | str | Path | None = None, name: str = "default", out: str | Path | None = None,
-             device: str = "auto", log: Log = _stderr) -> FinetuneResult:
+             device: str = "auto", log: Log = _stderr, strict: bool = False) -> FinetuneResult:
     """Train an adapter of ``config.train.method`` for ``model`` on ``data``; store and gate it.
 
     Give ``store`` (an :class:`AdapterStore` or its folder) to version and gate the result, or
-    ``out`` to just write the artifact and report to a folder.
+    ``out`` to just write the artifact and report to a folder. With ``strict``, an image that does
+    not decode raises :class:`DataError` instead of dropping its records.
     """
     if (store is None) == (out is None):
         raise ValueError("give exactly one of store= or out=")
     started = time.perf_counter()
-    dataset = data if isinstance(data, CaptionDataset) else read_dataset(data)
-    dataset = dataset.check_images()
+    dataset = data if isinstance(data, CaptionDataset) else read_dataset(data, strict=strict)
+    dataset = dataset.check_images(strict=strict)
     if len(dataset) == 0:
         raise ValueError(f"no usable training records: {dataset.summary()}")
     train_set, held_out = dataset.split(config.eval_split, seed=config.train.seed)
@@ -209,7 +217,8 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
     plugins.notify("training_finished", adapter)
     if config.promote:
         metric = config.metric or ("caption_exact_match" if "caption_exact_match" in metrics else "vqa_accuracy")
-        adapter = store.judge(adapter, metric=metric, margin=config.margin, baseline=baseline.get(metric))
+        adapter = store.judge(adapter, metric=metric, margin=config.margin, baseline=baseline.get(metric),
+                              baseline_version=current.version if current else None)
         log(f"{adapter.version}: {adapter.status} ({adapter.reason})")
     facts["seconds"] = round(time.perf_counter() - started, 1)
     return FinetuneResult(adapter, facts)
