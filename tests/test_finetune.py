@@ -190,3 +190,10 @@ def test_strict_refuses_an_image_that_does_not_decode_before_loading_the_model(t
     records = read_dataset(data)  # reading skips the record of missing.png; decoding is what strict checks here
     with pytest.raises(DataError, match=r"corrupt\.png: not an image"):
         finetune("demo", records, FinetuneConfig(), out=tmp_path / "out", strict=True)
+
+
+def test_an_out_folder_with_files_in_it_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "adapter_config.json").write_text("{}")  # an earlier run's LoRA would shadow a new one
+    with pytest.raises(ValueError, match="out folder .* is not empty"):
+        finetune("demo", write_dataset(tmp_path / "data"), FinetuneConfig(), out=tmp_path / "out")

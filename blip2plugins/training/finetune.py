@@ -149,6 +149,8 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
     """
     if (store is None) == (out is None):
         raise ValueError("give exactly one of store= or out=")
+    if out is not None and Path(out).is_dir() and any(Path(out).iterdir()):  # old files would mix with the new
+        raise ValueError(f"out folder {out} is not empty: give a new or empty folder")
     started = time.perf_counter()
     dataset = data if isinstance(data, CaptionDataset) else read_dataset(data, strict=strict)
     dataset = dataset.check_images(strict=strict)
