@@ -1,10 +1,14 @@
-"""Atomic file writes: what is written appears whole or not at all, and survives a crash."""
+"""Atomic file writes (what is written appears whole or not at all, and survives a crash) and the
+exclusive lock that lets several processes update one file or folder."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -29,3 +33,12 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``lock_file`` (created if missing), waiting for it; closing
+    the file at the end releases it, also when the process dies."""
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

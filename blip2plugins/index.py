@@ -25,14 +25,13 @@ versions.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import struct
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
@@ -43,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import ImageError, IndexFileError, OptionError
-from .files import write_atomic
+from .files import exclusive_lock, write_atomic
 from .images import describe, expand_folders, is_image_file
 from .types import ImageEmbedding
 
@@ -114,13 +113,12 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     as the adapter store locks itself), waiting for it: take it around each load-modify-save so that
     concurrent updates all survive. Raises :class:`IndexFileError` when the lock file cannot be opened."""
     target = Path(path)
-    try:
-        lock = open(target.with_name(f".{target.name}.lock"), "a")
-    except OSError as exc:
-        raise IndexFileError(f"index {target}: cannot lock: {exc.strerror or exc}") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+    with ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(target.with_name(f".{target.name}.lock")))
+        except OSError as exc:
+            raise IndexFileError(f"index {target}: cannot lock: {exc.strerror or exc}") from None
+        yield
 
 
 class ImageIndex:

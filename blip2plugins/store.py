@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from . import plugins
 from .errors import StoreError
-from .files import fsync_dir, write_atomic
+from .files import exclusive_lock, fsync_dir, write_atomic
 from .types import AdapterVersion
 
 log = logging.getLogger(__name__)
@@ -267,9 +267,8 @@ class AdapterStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.root / _LOCK, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield  # closing the file releases the lock
+        with exclusive_lock(self.root / _LOCK):
+            yield
 
     def _collect_garbage(self) -> list[Path]:
         """With the store lock held: remove each temporary folder whose writer no longer holds its lock."""
