@@ -332,9 +332,7 @@ class Host:
         self._check_open()
         if not isinstance(image, (list, tuple)):
             return self._enqueue(_Encode(self.preprocess([self._load(image)])[0])).result()
-        prepared = list(self._loader.map(self._prepared, image))
-        _raise_first_error(prepared)
-        futures = [self._enqueue(_Encode(row)) for row in self._normalise(prepared)] if prepared else []
+        futures = [self._enqueue(_Encode(row)) for row in self._pixel_rows(image)]
         return [future.result() for future in futures]
 
     def preprocess(self, images: list[Image.Image], *, itc: bool = False) -> torch.Tensor:
@@ -360,6 +358,13 @@ class Host:
         if image.size == wanted:
             return image
         return image.resize(wanted, Image.Resampling.BICUBIC, reducing_gap=_REDUCING_GAP if self.fast_preprocess else None)
+
+    def _pixel_rows(self, images: Sequence[Any], *, itc: bool = False) -> list[torch.Tensor]:
+        """The pixel values of each image, loaded and resized on the loader threads; a bad image
+        raises its ``ImageError``."""
+        prepared = list(self._loader.map(partial(self._prepared, itc=itc), images))
+        _raise_first_error(prepared)
+        return list(self._normalise(prepared, itc=itc)) if prepared else []
 
     def _normalise(self, images: list[Image.Image], *, itc: bool = False) -> torch.Tensor:
         return self._processor(itc).image_processor(images, return_tensors="pt")["pixel_values"]
@@ -439,9 +444,7 @@ class Host:
             rows = [self.preprocess([self._load(images, itc=True)], itc=True)[0]] * len(text_list)
         else:
             text_list = _checked_texts(_spread(texts, len(images), "text"))
-            prepared = list(self._loader.map(partial(self._prepared, itc=True), images))
-            _raise_first_error(prepared)
-            rows = list(self._normalise(prepared, itc=True)) if prepared else []
+            rows = self._pixel_rows(images, itc=True)
         return [f.result() for f in [self._enqueue(_Match(row, text)) for row, text in zip(rows, text_list)]]
 
     def _retrieval(self, task: str) -> models.RetrievalModel:
@@ -884,10 +887,10 @@ class Host:
     def _generated(self, new_tokens: torch.Tensor) -> torch.Tensor:
         """Which new tokens each row generated: up to its first EOS (included), and none of the pads
         that fill a row finished early (by EOS or a stop string) while others went on."""
-        is_eos = torch.isin(new_tokens, self._eos_ids(new_tokens.device)).long()
+        eos = self._eos_ids(new_tokens.device)
+        is_eos = torch.isin(new_tokens, eos).long()
         valid = (is_eos.cumsum(dim=1) - is_eos) == 0
         pad = self.loaded.model.language_model.generation_config.pad_token_id
-        eos = self._eos_ids(new_tokens.device)
         if pad is not None and not bool((eos == pad).any()):
             valid &= (new_tokens == pad).long().cumsum(dim=1) == 0
         return valid
