@@ -95,7 +95,7 @@ def test_jsonl_bad_records_are_skipped_with_line_and_reason(tmp_path: Path) -> N
     assert [r.where for r in data] == [f"{path}:1"]
     found = problems(data)
     expected = {
-        2: "not JSON", 3: "not a JSON object (got a list)", 4: "missing image", 5: "empty caption",
+        2: "not valid JSON", 3: "not a JSON object (got a list)", 4: "missing image", 5: "empty caption",
         6: "caption must be a string, got a number", 7: "question without an answer",
         8: "answer without a question", 9: "has both a caption and a question/answer",
         10: f"image file not found: {tmp_path / 'missing.png'}", 11: "missing caption", 12: "not UTF-8 text",
@@ -436,7 +436,7 @@ def test_check_images_drops_records_with_corrupt_images(tmp_path: Path) -> None:
     checked = data.check_images(threads=2)
     assert [r.target for r in checked] == ["fine"]
     found = problems(checked)
-    assert found[f"{path}:5"].startswith("not JSON")  # what reading skipped stays
+    assert found[f"{path}:5"].startswith("not valid JSON")  # what reading skipped stays
     assert found[f"{path}:2"] == f"{tmp_path / 'text.png'}: not an image (got text)"
     assert found[f"{path}:4"] == found[f"{path}:2"]
     assert found[f"{path}:3"] == f"{tmp_path / 'cut.png'}: truncated or corrupt image"
@@ -460,3 +460,68 @@ def test_a_caption_or_answer_without_words_is_skipped(tmp_path: Path) -> None:
     data = read_dataset(path)
     assert [r.target for r in data] == ["a 2"]
     assert problems(data) == {f"{path}:1": "caption '--' has no words", f"{path}:2": "answer '?!' has no words"}
+
+
+# --- hostile input ----------------------------------------------------------------------------
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_NUMBER = "9" * 5_000
+
+
+def test_a_jsonl_line_too_deep_or_with_a_huge_number_is_skipped_not_the_whole_file(tmp_path: Path) -> None:
+    png(tmp_path / "a.png")
+    path = jsonl(tmp_path / "d.jsonl", {"image": "a.png", "caption": "one"}, DEEP,
+                 '{"image": "a.png", "caption": "two", "n": ' + HUGE_NUMBER + "}", {"image": "a.png", "caption": "three"})
+    data = read_dataset(path)
+    assert [r.target for r in data] == ["one", "three"]
+    assert problems(data) == {f"{path}:2": "nested more than 64 levels deep",
+                              f"{path}:3": "a number of 5,000 digits (at most 100)"}
+    with pytest.raises(DataError, match=r"d\.jsonl:2: nested more than 64 levels deep$"):
+        read_dataset(path, strict=True)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"images": [], "annotations": [], "x": ' + DEEP + "}", "nested more than 64 levels deep"),
+    ('{"images": [{"id": ' + HUGE_NUMBER + "}], \"annotations\": []}", "a number of 5,000 digits"),
+    ("[" + HUGE_NUMBER + "]", "a number of 5,000 digits"),  # a Label Studio export
+    ('[{"image": "a.png", "caption": "\\ud800"}]', "a string with a lone surrogate escape"),
+    (b"[\n\xff]", r":2: not UTF-8 text"),
+])
+def test_coco_and_label_studio_files_too_deep_or_with_huge_numbers_are_one_line_errors(tmp_path: Path, text, reason) -> None:
+    path = tmp_path / "export.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=r"export\.json.*" + reason.replace("(", r"\(")) as caught:
+        read_dataset(path)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+
+
+def test_fields_of_wrong_types_and_odd_image_references_are_skipped_with_reasons(tmp_path: Path) -> None:
+    png(tmp_path / "a.png")
+    (tmp_path / "folder").mkdir()
+    path = jsonl(tmp_path / "d.jsonl",
+                 {"image": 7, "caption": "x"}, {"image": ["a.png"], "caption": "x"}, {"image": None, "caption": "x"},
+                 {"image": "a.png", "caption": ["x"]}, {"image": "a.png", "caption": {"t": "x"}},
+                 {"image": "a.png", "question": 1, "answer": "x"}, {"image": "a.png", "caption": True},
+                 {"image": "folder", "caption": "x"}, {"image": "x" * 100_000, "caption": "x"},
+                 {"image": "a\u0000b.png", "caption": "x"}, {"image": "../../nowhere.png", "caption": "x"},
+                 {"image": "a.png", "caption": "y" * 1_000_000})
+    found = problems(read_dataset(path))
+    reasons = [found[f"{path}:{n}"] for n in range(1, 12)]
+    assert reasons[:7] == ["image must be a string, got a number", "image must be a string, got a list",
+                           "missing image", "caption must be a string, got a list",
+                           "caption must be a string, got an object", "question must be a string, got a number",
+                           "caption must be a string, got a boolean"]
+    assert reasons[7] == f"image is a folder: {tmp_path / 'folder'}"
+    assert reasons[8].startswith("image file not found: ") and len(reasons[8]) < 300  # the path is cut
+    assert reasons[9].startswith("image file not found: ") and reasons[10].startswith("image file not found: ")
+    assert len(read_dataset(path)) == 1  # a long caption is a caption
+
+
+def test_a_coco_id_true_is_not_image_1(tmp_path: Path) -> None:
+    png(tmp_path / "1.png")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "1.png"}],
+                                "annotations": [{"image_id": True, "caption": "x"}, {"image_id": 1.0, "caption": "y"}]}))
+    assert problems(read_dataset(path)) == {f"{path}:annotations[0]": "image_id True is not in 'images'",
+                                            f"{path}:annotations[1]": "image_id 1.0 is not in 'images'"}

@@ -37,7 +37,8 @@ from typing import Any, Iterable, Literal, Mapping, Sequence, Union, overload
 
 from ..errors import DataError, ImageError, OptionError
 from ..families import FAMILIES, Family
-from ..images import load_image
+from ..images import describe, load_image
+from ..jsonfile import JSONReadError, loads
 from .collate import Example
 
 __all__ = ["CaptionDataset", "Format", "Problem", "Record", "read_dataset"]
@@ -50,6 +51,7 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".json": "j
 # ``scheme:`` with a scheme of two characters or more, so that ``C:\x`` stays a (Windows) path.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
 _FINGERPRINT_LENGTH = 16
+_LINE = re.compile(r"^line (\d+): ")  # how a JSONReadError names the line
 _TWICE = object()  # a COCO image id listed more than once
 
 
@@ -336,7 +338,7 @@ class _Reader:
         if ref not in self._resolved:
             path = os.path.abspath(os.path.join(self.root, ref))
             if not os.path.isfile(path):
-                raise _Bad(f"image file not found: {path}")
+                raise _Bad(f"image {'is a folder' if os.path.isdir(path) else 'file not found'}: {describe(path)}")
             self._resolved[ref] = path
         return self._resolved[ref]
 
@@ -358,17 +360,12 @@ class _Reader:
     def _jsonl(self) -> None:
         for number, raw in enumerate(self._bytes().splitlines(), 1):
             where = f"{self.path}:{number}"
-            try:
-                line = raw.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                self.bad(where, "not UTF-8 text")
-                continue
-            if not line.strip():
+            if not raw.strip():
                 continue
             try:
-                fields = json.loads(line)
-            except json.JSONDecodeError as exc:
-                self.bad(where, f"not JSON ({exc.msg}, column {exc.colno})")
+                fields = loads(raw)
+            except JSONReadError as exc:  # bad JSON, bad bytes, deep nesting, a number of 5,000 digits
+                self.bad(where, _LINE.sub("", str(exc)))
                 continue
             if not isinstance(fields, dict):
                 self.bad(where, f"not a JSON object (got {_json_type(fields)})")
@@ -398,9 +395,11 @@ class _Reader:
 
     def _json(self, kind: str) -> None:
         try:
-            data = json.loads(self._text_of_file())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{self.path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+            data = loads(self._bytes())
+        except JSONReadError as exc:
+            line = _LINE.match(str(exc))
+            where = f"{self.path}:{line.group(1)}" if line else self.path
+            raise DataError(f"{where}: {_LINE.sub('', str(exc))}") from None
         is_coco = isinstance(data, dict) and "images" in data and "annotations" in data
         if kind == "coco" or (kind == "json" and is_coco):
             if not is_coco:
@@ -422,7 +421,7 @@ class _Reader:
             raise DataError(f"{self.path}: 'images' and 'annotations' must be lists")
         files: dict[object, object] = {}  # image id -> file_name, or _TWICE
         for entry in images:
-            if isinstance(entry, dict) and isinstance(entry.get("id"), (int, str)):
+            if isinstance(entry, dict) and _is_id(entry.get("id")):
                 key = entry["id"]
                 files[key] = _TWICE if key in files else entry.get("file_name")
         for i, annotation in enumerate(annotations):
@@ -431,7 +430,7 @@ class _Reader:
                 self.bad(where, f"not a JSON object (got {_json_type(annotation)})")
                 continue
             image_id = annotation.get("image_id")
-            if not isinstance(image_id, (int, str)) or image_id not in files:
+            if not _is_id(image_id) or image_id not in files:
                 self.bad(where, f"image_id {image_id!r} is not in 'images'")
             elif files[image_id] is _TWICE:
                 self.bad(where, f"image_id {image_id!r} is listed more than once in 'images'")
@@ -475,6 +474,11 @@ class _Reader:
                     continue
                 for text in texts:
                     self.add(here, {"image": _label_studio_image(data, result.get("to_name")), "caption": text})
+
+
+def _is_id(value: object) -> bool:
+    """Whether ``value`` can be a COCO image id: a number or a string (``true`` is not ``1``)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _label_studio_image(data: dict[str, Any], to_name: object) -> object:
