@@ -366,14 +366,19 @@ def models(as_json: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def plugins(as_json: bool) -> None:
-    """List the loaded plugins: name, version, built-in or not, and the hooks each implements."""
+    """List every plugin: name, version, built-in or not, and the hooks each implements; installed
+    plugins that are broken or left out by BLIP2_PLUGINS / BLIP2_BLOCK_PLUGINS, with the reason.
+    Exits 1 when a plugin is broken."""
     infos = plugin_info()
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(info) for info in infos], indent=2))
-        return
-    _table(["NAME", "VERSION", "KIND", "HOOKS"], [
-        [i.name, i.version or "-", "builtin" if i.builtin else "external", ", ".join(i.hooks)] for i in infos
-    ])
+    else:
+        _table(["NAME", "VERSION", "KIND", "HOOKS"], [
+            [i.name, i.version or "-", "builtin" if i.builtin else "external",
+             ", ".join(i.hooks) if i.status == "loaded" else f"{i.status.upper()}: {i.reason}"] for i in infos
+        ])
+    if any(info.status == "broken" for info in infos):
+        sys.exit(1)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:

@@ -5,6 +5,12 @@ are loaded once, lazily, the first time anything asks for the plugin manager. Tw
 variables choose which: ``BLIP2_PLUGINS`` (comma-separated entry-point names: load only these)
 and ``BLIP2_BLOCK_PLUGINS`` (comma-separated names: never load these). Built-in default plugins
 are always loaded; block one by its name (e.g. ``blip2plugins.presets``) to replace it.
+
+An external plugin that fails to import, or is refused (a hook that matches no spec, a wrapper, a
+taken name), is recorded with its error instead of stopping the others. The diagnostics
+(:func:`plugin_info`, so ``blip2 plugins`` and ``blip2 --help``) list every such plugin; everything
+else (:func:`get_plugin_manager`, so ``Host.load`` and every hook call) refuses to run with one
+:class:`PluginError` naming all of them, since a plugin silently missing would change results.
 """
 
 from __future__ import annotations
@@ -41,17 +47,25 @@ DEFAULT_PLUGINS = (
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """One loaded plugin: its name, its distribution's version and the hooks it implements."""
+    """One plugin: its name, its distribution's version, the hooks it implements and whether it is
+    used: ``status`` is ``"loaded"``, ``"broken"`` (``reason`` holds the error) or ``"not loaded"``
+    (installed, but left out by ``BLIP2_PLUGINS`` or ``BLIP2_BLOCK_PLUGINS``, as ``reason`` says)."""
 
     name: str
     version: str | None
     hooks: tuple[str, ...]
     builtin: bool
+    status: str = "loaded"
+    reason: str | None = None
 
 
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
 _versions: dict[str, str | None] = {}
+#: External plugins that could not be used, by name: (version, the error).
+_broken: dict[str, tuple[str | None, str]] = {}
+#: Installed external plugins left out by the allow or block list, by name: (version, why).
+_skipped: dict[str, tuple[str | None, str]] = {}
 #: What each register_* hook gave, per plugin in call order, until the plugins change.
 _collected: dict[str, list[tuple[str, list[Any]]]] = {}
 #: What each register_* hook's ``register`` callback takes.
@@ -118,31 +132,49 @@ def _build() -> pluggy.PluginManager:
     entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
     for entry_point in entry_points:
         name = entry_point.name
-        if name in blocked or (allowed is not None and name not in allowed) or pm.has_plugin(name):
+        version = entry_point.dist.version if entry_point.dist else None
+        if name in blocked:
+            _skipped[name] = (version, f"blocked by {ENV_BLOCK}")
+            continue
+        if allowed is not None and name not in allowed:
+            _skipped[name] = (version, f"not named in {ENV_ALLOW}")
+            continue
+        if pm.has_plugin(name) or name in _broken:
             continue
         try:
             plugin = entry_point.load()
-        except Exception as exc:  # a broken third-party plugin: name it, and how to skip it
-            raise PluginError(
-                f"plugin {name!r} ({entry_point.value}) failed to import: {exc!r}; "
-                f"set {ENV_BLOCK}={name} to skip it"
-            ) from exc
-        _register(pm, plugin, name)
-        _versions[name] = entry_point.dist.version if entry_point.dist else None
+        except Exception as exc:  # a broken third-party plugin: record it, load the others
+            _broken[name] = (version, f"plugin {name!r} ({entry_point.value}) failed to import: {exc!r}")
+            continue
+        try:
+            _register(pm, plugin, name)
+        except PluginError as exc:
+            _broken[name] = (version, str(exc))
+            continue
+        _versions[name] = version
     missing = (allowed or set()) - set(entry_points.names)
     if missing:
         log.warning("%s names %s, which no installed plugin provides", ENV_ALLOW, ", ".join(sorted(missing)))
     return pm
 
 
-def get_plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager, built on first use."""
+def get_plugin_manager(*, allow_broken: bool = False) -> pluggy.PluginManager:
+    """The process-wide plugin manager, built on first use.
+
+    Raises :class:`PluginError` naming every external plugin that failed to import or was refused,
+    and how to skip them, unless ``allow_broken`` (for diagnostics, which list them instead).
+    """
     global _manager
     with _lock:
         if _manager is None:
-            _versions.clear()
-            _collected.clear()
+            for table in (_versions, _collected, _broken, _skipped):
+                table.clear()
             _manager = _build()
+        if _broken and not allow_broken:
+            names = sorted(_broken)
+            errors = "; ".join(_broken[name][1] for name in names)
+            raise PluginError(f"{errors} (set {ENV_BLOCK}={','.join(names)} to skip "
+                              f"{'it' if len(_broken) == 1 else 'them'}; `blip2 plugins` lists every plugin)")
         return _manager
 
 
@@ -156,7 +188,7 @@ def reset() -> None:
 
 def register_plugin(plugin: ModuleType | object, name: str) -> None:
     """Register an in-process plugin (a module or an object with hook implementations)."""
-    pm = get_plugin_manager()
+    pm = get_plugin_manager(allow_broken=True)
     with _lock:
         _register(pm, plugin, name)
         _versions[name] = None
@@ -165,16 +197,17 @@ def register_plugin(plugin: ModuleType | object, name: str) -> None:
 
 def unregister_plugin(name: str) -> None:
     """Remove a plugin registered by name."""
-    pm = get_plugin_manager()
+    pm = get_plugin_manager(allow_broken=True)
     with _lock:
         pm.unregister(name=name)
         _versions.pop(name, None)
         _collected.clear()
 
 
-def _implementations(hook_name: str) -> list[pluggy.HookImpl]:
+def _implementations(hook_name: str, *, allow_broken: bool = False) -> list[pluggy.HookImpl]:
     """The implementations of a hook in pluggy's call order (last registered first, tryfirst/trylast applied)."""
-    return list(reversed(getattr(get_plugin_manager().hook, hook_name).get_hookimpls()))
+    pm = get_plugin_manager(allow_broken=allow_broken)
+    return list(reversed(getattr(pm.hook, hook_name).get_hookimpls()))
 
 
 def _call(impl: pluggy.HookImpl, hook_name: str, **arguments: Any) -> Any:
@@ -189,10 +222,11 @@ def _call(impl: pluggy.HookImpl, hook_name: str, **arguments: Any) -> Any:
                           f"(set {ENV_BLOCK}={impl.plugin_name} to skip it)") from exc
 
 
-def call_hook(hook_name: str, **arguments: Any) -> list[Any]:
+def call_hook(hook_name: str, *, allow_broken: bool = False, **arguments: Any) -> list[Any]:
     """Call every implementation of a hook in call order and return what they returned; the first
-    that raises stops the call with a :class:`PluginError` naming its plugin."""
-    return [_call(impl, hook_name, **arguments) for impl in _implementations(hook_name)]
+    that raises stops the call with a :class:`PluginError` naming its plugin. ``allow_broken`` calls
+    the plugins that loaded even while others are broken (the CLI builds its commands so)."""
+    return [_call(impl, hook_name, **arguments) for impl in _implementations(hook_name, allow_broken=allow_broken)]
 
 
 def _collect(hook_name: str) -> list[tuple[str, list[Any]]]:
@@ -277,10 +311,16 @@ def notify(event: str, adapter: AdapterVersion) -> None:
 
 
 def plugin_info() -> list[PluginInfo]:
-    """Every loaded plugin with its version and the hooks it implements, sorted by name."""
-    pm = get_plugin_manager()
-    infos = []
-    for name, plugin in pm.list_name_plugin():
-        hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or []))
-        infos.append(PluginInfo(name, _versions.get(name), hooks, builtin=name in DEFAULT_PLUGINS))
+    """Every plugin, sorted by name: the loaded ones with their hooks, then as ``"broken"`` or
+    ``"not loaded"`` the installed external plugins that are not in use, with the reason. Never
+    raises for a broken plugin."""
+    pm = get_plugin_manager(allow_broken=True)
+    with _lock:
+        infos = []
+        for name, plugin in pm.list_name_plugin():
+            hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or []))
+            infos.append(PluginInfo(name, _versions.get(name), hooks, builtin=name in DEFAULT_PLUGINS))
+        for status, table in (("broken", _broken), ("not loaded", _skipped)):
+            infos += [PluginInfo(name, version, (), builtin=False, status=status, reason=reason)
+                      for name, (version, reason) in table.items()]
     return sorted(infos, key=lambda info: info.name)

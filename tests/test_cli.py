@@ -294,7 +294,8 @@ def test_plugins_json_lists_the_default_plugins() -> None:
     assert listed.returncode == 0
     infos = {info["name"]: info for info in json.loads(listed.stdout)}
     assert infos["blip2plugins.commands"] == {"name": "blip2plugins.commands", "version": None,
-                                             "hooks": ["register_commands"], "builtin": True}
+                                             "hooks": ["register_commands"], "builtin": True,
+                                             "status": "loaded", "reason": None}
     assert infos["blip2plugins.presets"]["hooks"] == ["register_models"]
 
 

@@ -74,7 +74,8 @@ def plugin(**hooks: Callable[..., object]) -> SimpleNamespace:
 
 
 def names() -> set[str]:
-    return {info.name for info in plugins.plugin_info()}
+    """The plugins loaded now."""
+    return {info.name for info in plugins.plugin_info() if info.status == "loaded"}
 
 
 def test_default_plugins_load() -> None:
@@ -122,6 +123,51 @@ def test_broken_plugin_is_named_with_how_to_skip_it(site: Callable[..., str], mo
     monkeypatch.setenv("BLIP2_BLOCK_PLUGINS", "broken")
     plugins.reset()
     assert "broken" not in names()
+
+
+def test_every_broken_plugin_is_listed_and_work_refuses_naming_them_all(site: Callable[..., str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    site("preset-dist", "presets-ext", PRESET_PLUGIN)
+    site("broken-dist", "broken", "import no_such_module_anywhere\n", version="0.1")
+    site("typo-dist", "typo", "from blip2plugins.hookspecs import hookimpl\n\n"
+                              "@hookimpl\ndef register_model(register):\n    pass\n")
+    site("other-dist", "other", PRESET_PLUGIN.replace("from-entry-point", "other-preset"))
+    monkeypatch.setenv("BLIP2_PLUGINS", "presets-ext,broken,typo")
+    infos = {info.name: info for info in plugins.plugin_info()}  # the diagnostics never raise
+    assert infos["presets-ext"].status == "loaded" and infos["presets-ext"].hooks == ("register_models",)
+    assert (infos["broken"].status, infos["broken"].version) == ("broken", "0.1")
+    assert "no_such_module_anywhere" in infos["broken"].reason
+    assert infos["typo"].status == "broken" and "register_model, which matches no hook" in infos["typo"].reason
+    assert (infos["other"].status, infos["other"].reason) == ("not loaded", "not named in BLIP2_PLUGINS")
+    with pytest.raises(PluginError) as refused:  # anything else: one error naming both, how to skip them
+        plugins.model_presets()
+    message = str(refused.value)
+    assert "no_such_module_anywhere" in message and "register_model" in message
+    assert "BLIP2_BLOCK_PLUGINS=broken,typo to skip them" in message
+    monkeypatch.setenv("BLIP2_BLOCK_PLUGINS", "broken,typo")
+    plugins.reset()
+    assert "from-entry-point" in plugins.model_presets()
+    reasons = {i.name: i.reason for i in plugins.plugin_info() if i.status != "loaded"}
+    assert {name: reasons[name] for name in ("broken", "typo", "other")} == {
+        "broken": "blocked by BLIP2_BLOCK_PLUGINS", "typo": "blocked by BLIP2_BLOCK_PLUGINS",
+        "other": "not named in BLIP2_PLUGINS"}
+
+
+def test_the_cli_diagnostics_run_beside_broken_plugins(site: Callable[..., str]) -> None:
+    site("broken-dist", "broken", "import no_such_module_anywhere\n")
+    site("broken2-dist", "broken2", "raise RuntimeError('boom at import')\n")
+    runner = CliRunner()
+    helped = runner.invoke(build_cli(), ["--help"])
+    assert helped.exit_code == 0 and "caption" in helped.output
+    listed = runner.invoke(build_cli(), ["plugins"])
+    assert listed.exit_code == 1  # a broken plugin is worth a failing status in scripts
+    rows = {line.split()[0]: line for line in listed.output.splitlines()}
+    assert "BROKEN: plugin 'broken'" in rows["broken"] and "no_such_module_anywhere" in rows["broken"]
+    assert "BROKEN: plugin 'broken2'" in rows["broken2"] and "boom at import" in rows["broken2"]
+    assert "register_models" in rows["blip2plugins.presets"]
+    models = runner.invoke(build_cli(), ["models"])
+    assert models.exit_code != 0 and isinstance(models.exception, PluginError)
+    assert "BLIP2_BLOCK_PLUGINS=broken,broken2 to skip them" in str(models.exception)
 
 
 def test_implementation_matching_no_hook_is_refused() -> None:
@@ -386,7 +432,7 @@ def test_example_plugin_installs_and_is_found_through_entry_points(installed_exa
     assert listed.returncode == 0, listed.stderr
     example = {info["name"]: info for info in json.loads(listed.stdout)}["example"]
     assert example == {"name": "example", "version": "0.1.0", "builtin": False,
-                       "hooks": ["register_image_sources", "register_models"]}
+                       "hooks": ["register_image_sources", "register_models"], "status": "loaded", "reason": None}
     models = _blip2("models", "--json")
     assert models.returncode == 0, models.stderr
     preset = {p["name"]: p for p in json.loads(models.stdout)}["demo-greedy-short"]
