@@ -14,10 +14,22 @@ import click
 from PIL import Image
 
 from .errors import Blip2Error
-from .plugins import call_hook, serving_adapters
+from .plugins import call_hook, plugin_info, serving_adapters
 
 
-class ServeGroup(click.Group):
+class PluginGroup(click.Group):
+    """A group whose "no such command" names the installed plugins that are not loaded, and why."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            left_out = [f"{i.name} ({i.reason})" for i in plugin_info() if i.status != "loaded"]
+            if left_out:
+                ctx.fail(f"No such command {name!r}. Installed plugins that are not loaded: {'; '.join(left_out)}")
+        return super().resolve_command(ctx, args)
+
+
+class ServeGroup(PluginGroup):
     """``blip2 serve``: one subcommand per registered serving adapter, looked up when asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -40,7 +52,7 @@ def build_cli() -> click.Group:
     plugins are listed by ``blip2 plugins``; any other command then refuses to run, naming them);
     raises ``PluginError`` when a built-in plugin or a ``register_commands`` implementation fails."""
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
     @click.version_option(package_name="blip2plugins", prog_name="blip2")
     def cli() -> None:
         """Caption images, answer questions about them and chat with BLIP-2.

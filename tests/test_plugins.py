@@ -125,6 +125,34 @@ def test_broken_plugin_is_named_with_how_to_skip_it(site: Callable[..., str], mo
     assert "broken" not in names()
 
 
+def test_a_command_of_a_plugin_left_out_says_why(site: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    site("hello-dist", "hello", HELLO_COMMAND_PLUGIN)
+    runner = CliRunner()
+    assert runner.invoke(build_cli(), ["hello", "you"]).output == "hello you\n"
+    monkeypatch.setenv("BLIP2_PLUGINS", "")
+    plugins.reset()
+    missing = runner.invoke(build_cli(), ["hello", "you"])
+    assert missing.exit_code == 2
+    assert "No such command 'hello'. Installed plugins that are not loaded: " in missing.output
+    assert "hello (not named in BLIP2_PLUGINS)" in missing.output
+    assert "Usage:" in runner.invoke(build_cli(), ["serve", "nope"]).output
+
+
+HELLO_COMMAND_PLUGIN = """
+    import click
+    from blip2plugins.hookspecs import hookimpl
+
+    @click.command()
+    @click.argument("who")
+    def hello(who):
+        click.echo(f"hello {who}")
+
+    @hookimpl
+    def register_commands(cli):
+        cli.add_command(hello)
+"""
+
+
 def test_every_broken_plugin_is_listed_and_work_refuses_naming_them_all(site: Callable[..., str],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     site("preset-dist", "presets-ext", PRESET_PLUGIN)
