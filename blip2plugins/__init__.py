@@ -1,11 +1,12 @@
 """blip2plugins: a plugin host for Salesforce BLIP-2.
 
-The public face: :class:`Host` (loaded lazily, since it imports torch), ``hookimpl`` for plugin
-authors, and the result and registration types.
+The public face: :class:`Host` (loaded lazily, since it imports torch), :func:`load_image` (loaded
+lazily, since it imports Pillow), ``hookimpl`` for plugin authors, and the result and registration types.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .errors import Blip2Error, ImageError, ModelLoadError, OptionError, PluginError
@@ -15,20 +16,20 @@ from .types import AdapterVersion, ImageLimits, ImageSource, ModelPreset, Result
 if TYPE_CHECKING:
     from .chat import Conversation
     from .host import Host
+    from .images import load_image
 
 __all__ = [
     "AdapterVersion", "Blip2Error", "Conversation", "Host", "ImageError", "ImageLimits", "ImageSource",
     "ModelLoadError", "ModelPreset", "OptionError", "PluginError", "Result", "ServingAdapter", "hookimpl",
+    "load_image",
 ]
 
 
+#: Names loaded on first use, by the module that defines them (each imports torch or Pillow).
+_LAZY = {"Conversation": ".chat", "Host": ".host", "load_image": ".images"}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "Host":
-        from .host import Host
-
-        return Host
-    if name == "Conversation":
-        from .chat import Conversation
-
-        return Conversation
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'blip2plugins' has no attribute {name!r}")
