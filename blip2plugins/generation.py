@@ -7,13 +7,20 @@ mistake raises :class:`~blip2plugins.errors.OptionError` naming the option and t
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping, Sequence
 
 from .errors import OptionError
 
 MAX_NEW_TOKENS_DEFAULT = 30
+#: Below this, sampling picks the likeliest token like greedy search, and the logits divided by the
+#: temperature overflow float32 (a logit of 30 at 1e-38), which fails the batch.
+MIN_TEMPERATURE = 1e-3
+#: A penalty below 1 rewards every token already seen, the prompt's included (for OPT models the
+#: end-of-text token too); below this the texts degenerate into repeats or come out empty.
+MIN_REPETITION_PENALTY = 0.5
+#: Beam scores are divided by ``length ** length_penalty``, which must stay a finite float32.
+MAX_LENGTH_PENALTY = 10
 
 
 @dataclass(frozen=True)
@@ -69,21 +76,20 @@ class GenerationOptions:
             raise OptionError(f"min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})")
         _between("num_beams", self.num_beams, 1, 32)
         _between("n", self.n, 1, 32)
-        if not 0 < self.temperature <= 100:
-            raise OptionError(f"temperature must be in (0, 100], got {self.temperature}")
+        _range("temperature", self.temperature, MIN_TEMPERATURE, 100,
+               "lower temperatures sample like greedy search, and logits divided by them overflow float32")
         if not 0 < self.top_p <= 1:
             raise OptionError(f"top_p must be in (0, 1], got {self.top_p}")
         _at_least("top_k", self.top_k, 0)
-        if not 0 < self.repetition_penalty <= 100:
-            raise OptionError(f"repetition_penalty must be in (0, 100], got {self.repetition_penalty}")
+        _range("repetition_penalty", self.repetition_penalty, MIN_REPETITION_PENALTY, 100,
+               "1 is none, lower values reward repeats, and below the limit texts degenerate or come out empty")
         _at_least("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         if self.seed is not None:
             _between("seed", self.seed, 0, 2**64 - 1)  # torch.manual_seed's range
         sampling_only = sorted(explicit & {"temperature", "top_p", "top_k", "seed"})
         if sampling_only and not self.do_sample:
             raise OptionError(f"{', '.join(sampling_only)} only apply when sampling: pass do_sample=True")
-        if not math.isfinite(self.length_penalty):
-            raise OptionError(f"length_penalty must be a finite number, got {self.length_penalty}")
+        _range("length_penalty", self.length_penalty, -MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY)
         if self.n > self.num_beams > 1:
             raise OptionError(f"n={self.n} with beam search needs num_beams >= {self.n}, got {self.num_beams}")
         if self.n > 1 and not self.do_sample and self.n > self.num_beams:
@@ -134,7 +140,10 @@ def _check_type(name: str, value: Any, kind: type) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond any float
+            raise OptionError(f"{name} must be a finite number, got an int of {value.bit_length():,} bits") from None
     raise OptionError(f"{name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
 
 
@@ -153,3 +162,10 @@ def _at_least(name: str, value: int, low: int) -> None:
 def _between(name: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
         raise OptionError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _range(name: str, value: float, low: float, high: float, why: str = "") -> None:
+    """``value`` in ``[low, high]``; outside it, :class:`OptionError` (with ``why`` for a value below ``low``)."""
+    if not low <= value <= high:
+        reason = f" ({why})" if why and value < low else ""
+        raise OptionError(f"{name} must be between {low:g} and {high:g}, got {value}{reason}")

@@ -1,0 +1,62 @@
+"""Generation settings at their edges: refused with a reason before any model loads, or safe to run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from blip2plugins.cli import build_cli
+from blip2plugins.errors import OptionError
+from blip2plugins.generation import (
+    MAX_LENGTH_PENALTY,
+    MIN_REPETITION_PENALTY,
+    MIN_TEMPERATURE,
+    GenerationOptions,
+)
+from blip2plugins.host import Host
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"do_sample": True, "temperature": 1e-300}, r"temperature must be between 0.001 and 100, got 1e-300 \(lower "
+                                                 r"temperatures sample like greedy search, and logits divided by them overflow float32\)"),
+    ({"do_sample": True, "temperature": 1e-38}, "temperature must be between 0.001 and 100"),
+    ({"do_sample": True, "temperature": math.nan}, "temperature must be between 0.001 and 100, got nan$"),
+    ({"repetition_penalty": 1e-300}, r"repetition_penalty must be between 0.5 and 100, got 1e-300 \(1 is none"),
+    ({"repetition_penalty": 0.1}, "repetition_penalty must be between 0.5 and 100, got 0.1"),
+    ({"repetition_penalty": math.inf}, "repetition_penalty must be between 0.5 and 100, got inf$"),
+    ({"num_beams": 2, "length_penalty": 1e308}, "length_penalty must be between -10 and 10, got 1e[+]308$"),
+    ({"num_beams": 2, "length_penalty": -1e308}, "length_penalty must be between -10 and 10"),
+    ({"do_sample": True, "temperature": 10**5000}, "temperature must be a finite number, got an int of 16,610 bits"),
+    ({"length_penalty": 2**1100}, "length_penalty must be a finite number, got an int of 1,101 bits"),
+])
+def test_settings_that_would_fail_or_empty_the_batch_are_refused(options, message) -> None:
+    with pytest.raises(OptionError, match=message):
+        GenerationOptions.from_kwargs(options)
+
+
+def test_the_edges_of_the_ranges_generate_texts() -> None:
+    image = Image.new("RGB", (32, 32), "red")
+    with Host.load("demo", device="cpu") as host:
+        results = [host.caption(image, do_sample=True, temperature=MIN_TEMPERATURE, seed=1),
+                   host.caption(image, repetition_penalty=MIN_REPETITION_PENALTY),
+                   host.caption(image, num_beams=2, length_penalty=MAX_LENGTH_PENALTY),
+                   host.caption(image, num_beams=2, length_penalty=-MAX_LENGTH_PENALTY)]
+    assert all(result.ok and result.text for result in results), results
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--sample", "--temperature", "1e-300"], "--temperature"),
+    (["--repetition-penalty", "1e-300"], "--repetition-penalty"),
+    (["--sample", "--top-k", "-1"], "--top-k"),
+    (["--beams", "1000000000"], "--beams"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--sample", "--seed", str(2**70)], "--seed"),
+])
+def test_the_command_refuses_them_before_loading_the_model(tmp_path, monkeypatch, args, flag) -> None:
+    monkeypatch.setattr("blip2plugins.commands._load_host", lambda *a, **k: pytest.fail("loaded the model"))
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(build_cli(), ["caption", "--model", "demo", str(tmp_path / "a.png"), *args])
+    assert result.exit_code == 2 and f"Invalid value for '{flag}'" in result.output, result.output
