@@ -24,9 +24,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from . import jsonfile
 from .errors import ModelLoadError
 
 PEFT_CONFIG = "adapter_config.json"
+LORA_WEIGHTS = "adapter_model.safetensors"
 WEIGHTS = "weights.safetensors"
 WEIGHTS_META = "blip2_weights.json"
 
@@ -76,14 +78,21 @@ class Attached:
     kind: str
     name: str
     _saved: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _trainable: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def detach(self) -> None:
         """Remove the LoRA adapter, or put the base parameters back."""
         if self.kind == "lora":
             for layer in _lora_layers(self.model):
                 layer.delete_adapter(self.name)
-            _unwrap_auxiliary(self.model)
-            getattr(self.model, "peft_config", {}).pop(self.name, None)
+            _unwrap(self.model)
+            configs = getattr(self.model, "peft_config", {})
+            configs.pop(self.name, None)
+            if not configs and hasattr(self.model, "peft_config"):  # as loaded: no trace of peft
+                del self.model.peft_config
+                self.model._hf_peft_config_loaded = False
+            for key, param in self.model.named_parameters():  # peft froze them: batched results differ
+                param.requires_grad_(self._trainable.get(key, param.requires_grad))
             return
         params = dict(self.model.named_parameters())
         with torch.no_grad():
@@ -98,17 +107,25 @@ def _lora_layers(model: torch.nn.Module) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
 
 
-def _unwrap_auxiliary(model: torch.nn.Module) -> None:
-    """Put back the modules peft wrapped for trained token rows or ``modules_to_save``: deleting the
-    adapter from the LoRA layers leaves those wrappers with stale state, and the next attach fails."""
+def _unwrap(model: torch.nn.Module) -> None:
+    """Put back the plain modules peft wrapped: those of LoRA layers left without adapters (the empty
+    wrappers alone change batched results in their last bits), and those wrapped for trained token
+    rows or ``modules_to_save`` (left with stale state, they make the next attach fail)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 
     for name, module in list(model.named_modules()):
         if isinstance(module, AuxiliaryTrainingWrapper):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.unload_and_optionally_merge_module(merge=False, safe_merge=False,
-                                                                             adapter_names=None))
+            _replace(model, name, module.unload_and_optionally_merge_module(merge=False, safe_merge=False,
+                                                                            adapter_names=None))
+    for name, module in list(model.named_modules()):  # listed again: the loop above replaced modules
+        if isinstance(module, BaseTunerLayer) and not any(getattr(module, attr) for attr in module.adapter_layer_names):
+            _replace(model, name, module.get_base_layer())
+
+
+def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def touches(model: torch.nn.Module, folder: str | Path, prefix: str) -> bool:
@@ -122,8 +139,8 @@ def touches(model: torch.nn.Module, folder: str | Path, prefix: str) -> bool:
         except Exception:  # attach reports the unreadable file; assume the worst meanwhile
             return True
     try:
-        config = json.loads((path / PEFT_CONFIG).read_text())
-    except (OSError, ValueError):
+        config = _peft_config(path)
+    except ModelLoadError:  # attach reports it
         return True
     targets = config.get("target_modules") or []
     saved = config.get("modules_to_save") or []
@@ -140,22 +157,17 @@ def touches(model: torch.nn.Module, folder: str | Path, prefix: str) -> bool:
 
 
 def attach(model: Any, folder: str | Path, *, name: str | None = None) -> Attached:
-    """Attach the artifact in ``folder`` to ``model`` (a ``Blip2ForConditionalGeneration``) and activate it."""
+    """Attach the artifact in ``folder`` to ``model`` (a ``Blip2ForConditionalGeneration``) and activate it.
+
+    All or nothing: when it fails (:class:`ModelLoadError`, one line), the model is left exactly as it was.
+    """
     path = Path(folder).expanduser()
     kind = kind_of(path)
-    name = name or path.name
+    attached = Attached(model, path, kind, name or path.name)
     if kind == "lora":
-        try:
-            model.load_adapter(str(path), adapter_name=name)
-            for layer in _lora_layers(model):  # transformers' set_adapter needs a newer peft
-                layer.set_adapter(name)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ModelLoadError(f"adapter {str(folder)!r} does not fit this model: {exc}") from None
-        return Attached(model, path, kind, name)
-    try:
-        weights = load_file(str(path / WEIGHTS))
-    except Exception as exc:  # safetensors raises its own error types on corrupt files
-        raise ModelLoadError(f"adapter {str(folder)!r}: cannot read {WEIGHTS}: {exc}") from None
+        _attach_lora(attached, str(folder))
+        return attached
+    weights = _read_tensors(path / WEIGHTS, str(folder))
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))
     if unknown:
@@ -165,9 +177,78 @@ def attach(model: Any, folder: str | Path, *, name: str | None = None) -> Attach
         if tuple(value.shape) != tuple(params[key].shape):
             raise ModelLoadError(f"adapter {str(folder)!r} does not fit this model: {key} has shape "
                                  f"{tuple(value.shape)}, the model's is {tuple(params[key].shape)}")
-    attached = Attached(model, path, kind, name)
     with torch.no_grad():
-        for key, value in weights.items():
-            attached._saved[key] = params[key].detach().clone()
-            params[key].copy_(value.to(params[key].dtype))
+        attached._saved.update((key, params[key].detach().clone()) for key in weights)
+        try:
+            for key, value in weights.items():
+                params[key].copy_(value.to(params[key].dtype))
+        except BaseException as exc:
+            attached.detach()  # put back what was already copied
+            if not isinstance(exc, Exception):
+                raise
+            raise ModelLoadError(f"adapter {str(folder)!r} does not fit this model: {exc}") from None
     return attached
+
+
+def _attach_lora(attached: Attached, shown: str) -> None:
+    """Load and activate a PEFT LoRA folder; on any failure, take out what peft had injected."""
+    model, name = attached.model, attached.name
+    if name in getattr(model, "peft_config", {}):
+        raise ModelLoadError(f"adapter {shown!r}: an adapter named {name!r} is already attached")
+    _peft_config(attached.folder)
+    weights = attached.folder / LORA_WEIGHTS
+    attached._trainable = {key: param.requires_grad for key, param in model.named_parameters()}
+    shapes = _tensor_shapes(weights, shown) if weights.is_file() else {}
+    try:
+        model.load_adapter(str(attached.folder), adapter_name=name)
+        for layer in _lora_layers(model):  # transformers' set_adapter needs a newer peft
+            layer.set_adapter(name)
+    except BaseException as exc:
+        reason = _misfit(model, name, shapes) or " ".join(str(exc).split())
+        attached.detach()
+        if not isinstance(exc, Exception):
+            raise
+        raise ModelLoadError(f"adapter {shown!r} does not fit this model: {reason}") from None
+
+
+def _peft_config(folder: Path) -> dict[str, Any]:
+    """The folder's ``adapter_config.json``, read with the project's careful JSON reader."""
+    path = folder / PEFT_CONFIG
+    try:
+        config = jsonfile.load_file(path)
+    except FileNotFoundError:
+        raise ModelLoadError(f"adapter {str(folder)!r}: {path}: missing") from None
+    except jsonfile.JSONReadError as exc:
+        raise ModelLoadError(f"adapter {str(folder)!r}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"adapter {str(folder)!r}: {path}: not a JSON object")
+    return config
+
+
+def _read_tensors(path: Path, shown: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types on corrupt files
+        raise ModelLoadError(f"adapter {shown!r}: cannot read {path.name}: {exc}") from None
+
+
+def _tensor_shapes(path: Path, shown: str) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, from the file's header: a truncated or corrupt file is refused here."""
+    try:
+        with safe_open(str(path), "pt") as tensors:
+            return {key: tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()}
+    except Exception as exc:  # safetensors raises its own error types on corrupt files
+        raise ModelLoadError(f"adapter {shown!r}: cannot read {path.name}: {exc}") from None
+
+
+def _misfit(model: torch.nn.Module, name: str, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The first LoRA tensor whose stored shape is not the one peft made for it, said plainly
+    (transformers only prints a table of them)."""
+    for key, param in model.named_parameters():
+        parts = key.split(".")
+        if name in parts:
+            parts.remove(name)
+            stored = shapes.get(f"base_model.model.{'.'.join(parts)}")
+            if stored is not None and stored != tuple(param.shape):
+                return f"{'.'.join(parts)} has shape {stored}, the model's is {tuple(param.shape)}"
+    return None

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import Blip2ForConditionalGeneration
 
 from blip2plugins import artifacts, hookimpl, plugins
 from blip2plugins.demo import world
-from blip2plugins.errors import Blip2Error
+from blip2plugins.errors import Blip2Error, ModelLoadError
 from blip2plugins.host import Host
 from blip2plugins.training import TrainConfig, apply_method
 
@@ -109,3 +112,87 @@ def test_a_failed_swap_keeps_the_old_adapter_serving(tiny_opt, tmp_path) -> None
         with pytest.raises(Blip2Error, match="no such folder"):
             host.use_adapter(str(tmp_path / "missing"))
         assert host.model_version == version and outputs(host) == before
+
+
+def misfit_lora(good: Path, folder: Path) -> Path:
+    """A copy of the LoRA in ``good`` with one tensor a row too long: it does not fit the model."""
+    shutil.copytree(good, folder)
+    weights = load_file(str(folder / artifacts.LORA_WEIGHTS))
+    key = sorted(k for k in weights if "lora_B" in k)[-1]
+    weights[key] = torch.cat([weights[key], weights[key][:1]])
+    save_file(weights, str(folder / artifacts.LORA_WEIGHTS))
+    return folder
+
+
+def exact(host: Host) -> list[tuple[str | None, float | None]]:
+    return [(r.text, r.score) for r in host.caption(IMAGES, max_new_tokens=6)]
+
+
+@pytest.mark.parametrize("serving", [None, "a", "q"])
+def test_an_adapter_that_does_not_fit_is_attached_all_or_nothing(tiny_opt, tmp_path, serving) -> None:
+    a, q = lora(tiny_opt, tmp_path / "a", 1), qformer(tiny_opt, tmp_path / "q")
+    bad = misfit_lora(lora(tiny_opt, tmp_path / "b", 2), tmp_path / "bad")
+    with Host.load(str(tiny_opt), adapter=None if serving is None else str({"a": a, "q": q}[serving])) as host:
+        before, version = exact(host), host.model_version
+        errors = []
+        for _ in range(2):  # a retry fails the same way (no half-attached adapter left to collide with)
+            with pytest.raises(ModelLoadError) as caught:
+                host.use_adapter(str(bad))
+            errors.append(str(caught.value))
+            assert (exact(host), host.model_version) == (before, version)
+        assert errors[0] == errors[1] and "has shape (33, 4), the model's is (32, 4)" in errors[0]
+        assert "\n" not in errors[0]
+        assert not any("bad_" in key for key in host.loaded.model.state_dict())
+        swapped = host.use_adapter(str(a))
+        with Host.load(str(tiny_opt), adapter=str(a)) as fresh:
+            assert (exact(host), swapped) == (exact(fresh), fresh.model_version)
+
+
+def test_a_weights_copy_that_fails_midway_is_undone(tiny_opt, tmp_path, monkeypatch) -> None:
+    q = qformer(tiny_opt, tmp_path / "q")
+    model = Blip2ForConditionalGeneration.from_pretrained(tiny_opt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = load_file(str(q / artifacts.WEIGHTS))
+    last = sorted(weights)[-1]
+
+    class Unconvertible(torch.Tensor):
+        def to(self, *args, **kwargs):
+            raise RuntimeError("cannot convert")
+
+    weights[last] = weights[last].as_subclass(Unconvertible)
+    monkeypatch.setattr(artifacts, "load_file", lambda path: weights)
+    with pytest.raises(ModelLoadError, match="cannot convert"):
+        artifacts.attach(model, q)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 100])
+def test_a_truncated_lora_file_is_one_line_and_changes_nothing(tiny_opt, tmp_path, cut) -> None:
+    bad = Path(shutil.copytree(lora(tiny_opt, tmp_path / "a", 1), tmp_path / "bad"))
+    data = (bad / artifacts.LORA_WEIGHTS).read_bytes()
+    (bad / artifacts.LORA_WEIGHTS).write_bytes(data[:len(data) - cut] if cut > 5 else data[:cut])
+    with pytest.raises(ModelLoadError, match=f"cannot read {artifacts.LORA_WEIGHTS}"):
+        Host.load(str(tiny_opt), adapter=str(bad))
+    with Host.load(str(tiny_opt)) as host:
+        before = exact(host)
+        with pytest.raises(ModelLoadError, match=f"cannot read {artifacts.LORA_WEIGHTS}"):
+            host.use_adapter(str(bad))
+        assert exact(host) == before and not getattr(host.loaded.model, "peft_config", None)
+
+
+@pytest.mark.parametrize(("config", "reason"), [
+    ("[" * 100_000, "nested more than 64 levels deep"),
+    ('{"r": ' + "9" * 5000 + "}", "a number of 5,000 digits"),
+    ("[1, 2]", "not a JSON object"),
+    (b"\xff\xfe{}", "not UTF-8 text"),
+])
+def test_a_hostile_adapter_config_is_one_line(tiny_opt, tmp_path, config, reason) -> None:
+    bad = Path(shutil.copytree(lora(tiny_opt, tmp_path / "a", 1), tmp_path / "bad"))
+    path = bad / artifacts.PEFT_CONFIG
+    path.write_bytes(config if isinstance(config, bytes) else config.encode())
+    model = Blip2ForConditionalGeneration.from_pretrained(tiny_opt)
+    assert artifacts.touches(model, bad, "vision_model")  # unreadable: assume the worst
+    with pytest.raises(ModelLoadError, match=re.escape(reason)) as caught:
+        artifacts.attach(model, bad)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
