@@ -443,16 +443,16 @@ def _blip2(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def installed_example(tmp_path: Path) -> Iterator[None]:
-    """The example plugin pip-installed into this environment (from a copy, so the repo stays clean)."""
+def installed_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example plugin pip-installed into a folder of its own, which the subprocesses see through
+    PYTHONPATH: the environment the other tests run in is never changed (built from a copy, so the
+    repo stays clean)."""
     pytest.importorskip("setuptools", reason="building the example plugin without isolation needs setuptools")
     source = shutil.copytree(EXAMPLE, tmp_path / "example")
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(source)], check=True, timeout=300)
-    try:
-        yield
-    finally:
-        subprocess.run([*pip, "uninstall", "-y", "blip2-example-plugin"], check=True, timeout=120)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
+                    "--no-build-isolation", "--target", str(site), str(source)], check=True, timeout=300)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
 
 
 def test_example_plugin_installs_and_is_found_through_entry_points(installed_example: None) -> None:
