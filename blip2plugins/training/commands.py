@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..hookspecs import hookimpl
+from .checks import MAX_SEED
 
 _METHODS = ("lora", "qformer", "full")
 
@@ -43,10 +44,10 @@ def register_commands(cli: click.Group) -> None:
                   help="Peak learning rate.")
     @click.option("--warmup", type=click.IntRange(0), default=30, show_default=True, help="Warmup steps.")
     @click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine", show_default=True)
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
     @click.option("--lora-rank", type=click.IntRange(1), default=8, show_default=True)
     @click.option("--lora-alpha", type=click.IntRange(1), default=16, show_default=True)
-    @click.option("--lora-dropout", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
+    @click.option("--lora-dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
     @click.option("--lora-mlp", is_flag=True, help="Also adapt the language model's MLP layers.")
     @click.option("--lora-extra", multiple=True, metavar="REGEX",
                   help="More LoRA targets, as full module-name regexes (e.g. 'qformer\\..*\\.(query|value)').")
@@ -69,18 +70,21 @@ def register_commands(cli: click.Group) -> None:
         promoted only if it is at least as good (see --metric, --margin). Runs unchanged under
         `accelerate launch` on several processes or GPUs.
         """
-        from ..errors import Blip2Error
+        from ..errors import Blip2Error, OptionError
         from ..store import AdapterStore
         from .data import read_dataset
         from .finetune import FinetuneConfig, finetune
         from .loop import TrainConfig
 
-        try:
+        try:  # every setting is checked here, before the data is read and the model loads
             train_config = TrainConfig(method=method, lora_extra=lora_extra, augment=augment, progress=True,
                                        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
                                        **train_options)  # type: ignore[arg-type]
             config = FinetuneConfig(train=train_config, eval_split=eval_split, metric=metric, margin=margin,
                                     promote=not no_promote)
+        except OptionError as exc:
+            raise _bad_setting(exc, click.get_current_context()) from None
+        try:
             dataset = read_dataset(list(data), strict=strict)
             target = {"out": out} if out else {"store": AdapterStore(store)}
             result = finetune(model, dataset, config, name=name, device=device, strict=strict,
@@ -101,3 +105,12 @@ def register_commands(cli: click.Group) -> None:
                        f"({result.adapter.reason}) -> {result.adapter.path}")
         else:
             click.echo(f"wrote {out}")
+
+
+def _bad_setting(exc: Exception, ctx: click.Context) -> click.UsageError:
+    """A setting refused by a config, in command-line terms: the flag of the setting it starts with."""
+    name, _, rest = str(exc).partition(" ")
+    flag = next((param.opts[0] for param in ctx.command.params if param.name == name and param.opts), None)
+    if flag is None:
+        return click.UsageError(str(exc))
+    return click.BadParameter(rest, param_hint=f"'{flag}'")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import sys
 import time
@@ -30,9 +29,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import artifacts, models, plugins
+from ..errors import OptionError
 from ..host import Host
 from ..store import AdapterStore
 from ..types import AdapterVersion
+from . import checks
 from .data import CaptionDataset, Record, read_dataset
 from .loop import TrainConfig, train
 from .methods import apply_method
@@ -67,12 +68,11 @@ class FinetuneConfig:
     new_words: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.eval_split < 1.0:
-            raise ValueError(f"eval_split must be in [0, 1), got {self.eval_split}")
-        if not math.isfinite(self.margin):
-            raise ValueError(f"margin must be a finite number, got {self.margin}")
+        checks.real("eval_split", self.eval_split, 0, 1, open_high=True)
+        checks.real("margin", self.margin)
+        checks.whole("eval_batch_size", self.eval_batch_size, 1)
         if self.metric is not None and self.metric not in GATE_METRICS:
-            raise ValueError(f"unknown gate metric {self.metric!r}: expected one of {', '.join(GATE_METRICS)}")
+            raise OptionError(f"unknown gate metric {self.metric!r}: expected one of {', '.join(GATE_METRICS)}")
 
 
 @dataclass

@@ -29,9 +29,11 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..errors import OptionError
 from ..families import Family, family_of
-from .collate import Collator, Example
-from .methods import apply_method, count_parameters
+from . import checks
+from .collate import AUGMENTATIONS, Collator, Example
+from .methods import METHODS, apply_method, count_parameters
 
 EvalFn = Callable[[torch.nn.Module], Mapping[str, float]]
 _STATE = "trainer_state.json"
@@ -76,17 +78,35 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.method not in METHODS:
+            raise OptionError(f"unknown training method {self.method!r}: expected one of {sorted(METHODS)}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "lora_rank", "lora_alpha"):
+            checks.whole(name, getattr(self, name), 1)
+        for name in ("warmup", "num_workers", "eval_every", "checkpoint_every"):
+            checks.whole(name, getattr(self, name), 0)
+        checks.whole("seed", self.seed, 0, checks.MAX_SEED)
+        checks.real("lr", self.lr, 0, open_low=True)
+        checks.real("weight_decay", self.weight_decay, 0)
+        checks.real("min_lr_ratio", self.min_lr_ratio, 0, 1)
+        if self.max_grad_norm is not None:
+            checks.real("max_grad_norm", self.max_grad_norm, 0)  # 0: no clipping
+        checks.real("lora_dropout", self.lora_dropout, 0, 1, open_high=True)
+        if self.lora_targets is not None:
+            checks.texts("lora_targets", self.lora_targets)
+        checks.regexes("lora_extra", self.lora_extra)
+        checks.texts("lora_modules_to_save", self.lora_modules_to_save)
+        for token in self.lora_token_ids:
+            checks.whole("lora_token_ids", token, 0)
+        checks.texts("augment", self.augment)
+        unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
+        if unknown:
+            raise OptionError(f"unknown augmentation {unknown[0]!r}: expected some of {sorted(AUGMENTATIONS)}")
         if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+            raise OptionError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+            raise OptionError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if (self.resume or self.checkpoint_every) and not self.checkpoint_dir:
-            raise ValueError("resume and checkpoint_every need checkpoint_dir")
+            raise OptionError("resume and checkpoint_every need checkpoint_dir")
 
 
 @dataclass
@@ -200,6 +220,8 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
                 optimizer.zero_grad(set_to_none=True)
             report.examples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
             window.append(accelerator.gather(loss.detach()[None]).mean().item())
+            if not math.isfinite(window[-1]):  # every process sees the same mean: all stop here
+                raise OptionError(f"training diverged at step {step + 1}: the loss is {window[-1]} (a lower lr may help)")
             micro += 1
             if not accelerator.sync_gradients:
                 continue

@@ -62,12 +62,12 @@ def lora(model: torch.nn.Module, config: Any) -> torch.nn.Module:
         target_modules=regex, modules_to_save=list(config.lora_modules_to_save) or None, bias="none",
         trainable_token_indices=_token_rows(model, config.lora_token_ids),
     )
-    try:
-        with torch.random.fork_rng(devices=[]):  # the adapters' initial weights depend on the seed alone
-            torch.manual_seed(config.seed)
+    with torch.random.fork_rng(devices=[]):  # the adapters' initial weights depend on the seed alone
+        torch.manual_seed(config.seed)
+        try:
             return get_peft_model(model, lora_config)
-    except ValueError as exc:  # no module matched
-        raise ValueError(f"LoRA targets {regex!r} match nothing in this model: {exc}") from None
+        except ValueError as exc:  # no module matched
+            raise ValueError(f"LoRA targets {regex!r} match nothing in this model: {exc}") from None
 
 
 def _token_rows(model: torch.nn.Module, token_ids: tuple[int, ...]) -> dict[str, list[int]] | None:

@@ -31,6 +31,7 @@ from transformers import Blip2ForImageTextRetrieval
 
 from .. import retrieval
 from ..errors import DataError, OptionError
+from . import checks
 from .loop import TrainConfig, TrainReport, _optimizer, lr_factor
 from .methods import count_parameters
 from .retrieval_losses import Temperature, group_ids, itc_loss, itm_loss
@@ -62,14 +63,17 @@ class RetrievalTrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "max_length"):
-            if getattr(self, name) < 1:
-                raise OptionError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise OptionError(f"lr must be > 0, got {self.lr}")
-        if self.itm_weight < 0:
-            raise OptionError(f"itm_weight must be >= 0, got {self.itm_weight}")
-        if not 0.001 <= self.temperature <= 0.5:
-            raise OptionError(f"temperature must be in [0.001, 0.5], got {self.temperature}")
+            checks.whole(name, getattr(self, name), 1)
+        checks.whole("warmup", self.warmup, 0)
+        checks.whole("seed", self.seed, 0, checks.MAX_SEED)
+        checks.real("lr", self.lr, 0, open_low=True)
+        checks.real("weight_decay", self.weight_decay, 0)
+        checks.real("min_lr_ratio", self.min_lr_ratio, 0, 1)
+        if self.max_grad_norm is not None:
+            checks.real("max_grad_norm", self.max_grad_norm, 0)
+        checks.real("itm_weight", self.itm_weight, 0)
+        checks.real("temperature", self.temperature, 0.001, 0.5)
+        checks.texts("freeze", self.freeze)
         if self.schedule not in ("cosine", "linear", "constant"):
             raise OptionError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
 
