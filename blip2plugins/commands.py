@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 import click
 from tqdm import tqdm
 
+from . import scaffold
 from .errors import Blip2Error, ImageError, OptionError
 from .generation import GenerationOptions
 from .hookspecs import hookimpl
@@ -363,12 +364,15 @@ def models(as_json: bool) -> None:
     ])
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def plugins(as_json: bool) -> None:
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
     """List every plugin: name, version, built-in or not, and the hooks each implements; installed
     plugins that are broken or left out by BLIP2_PLUGINS / BLIP2_BLOCK_PLUGINS, with the reason.
-    Exits 1 when a plugin is broken."""
+    Exits 1 when a plugin is broken. `blip2 plugins new NAME` writes a new plugin project."""
+    if ctx.invoked_subcommand is not None:
+        return
     infos = plugin_info()
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(info) for info in infos], indent=2))
@@ -379,6 +383,9 @@ def plugins(as_json: bool) -> None:
         ])
     if any(info.status == "broken" for info in infos):
         sys.exit(1)
+
+
+plugins.add_command(scaffold.new)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:

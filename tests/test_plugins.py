@@ -470,3 +470,14 @@ def test_example_plugin_installs_and_is_found_through_entry_points(installed_exa
     drawn = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
                            check=True)
     assert drawn.stdout.strip() == "(64, 64) (255, 0, 0) (0, 51, 255)"
+
+
+def test_blip2_plugins_new_writes_a_project(tmp_path: Path) -> None:
+    runner = CliRunner()
+    made = runner.invoke(build_cli(), ["plugins", "new", "my-thing", "--dir", str(tmp_path / "p")])
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "p" / "pyproject.toml").read_text().count('my-thing = "blip2_my_thing"') == 1
+    again = runner.invoke(build_cli(), ["plugins", "new", "my-thing", "--dir", str(tmp_path / "p")])
+    assert again.exit_code != 0 and "is not empty" in str(again.exception)
+    listed = runner.invoke(build_cli(), ["plugins", "--json"])  # the group still lists without a subcommand
+    assert listed.exit_code == 0 and "blip2plugins.commands" in listed.output
