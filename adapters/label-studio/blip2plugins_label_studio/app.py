@@ -5,6 +5,11 @@ loads in the background); ``POST /predict`` waits for it (up to ``predict_wait``
 ``POST /webhook`` records labels and queues training, never trains. ``GET /versions`` lists each
 project's model versions and training runs; ``GET /metrics`` is Prometheus' text format.
 
+The control routes (health, setup, webhook, versions, metrics) never wait behind predictions: their
+file work runs in the default worker threads, while predictions fetch images on the event loop (at
+most ``max_downloads`` at once, each within ``download_timeout``) and generate in threads of their
+own limiter (at most ``max_predictions`` at once).
+
 Every error is a JSON ``{"error": reason}`` with a 4xx status (5xx only for a model that failed to
 load or is still loading, and for bugs, logged with their traceback and answered without it). Bodies
 are never logged: they carry secrets (``project.token``, task data passwords).
@@ -16,16 +21,17 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import os
 import re
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from typing import Any, AsyncIterator, Callable, Mapping
 
+import anyio
+from blip2plugins.jsonfile import JSONReadError, loads
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -38,7 +44,9 @@ from blip2plugins.errors import Blip2Error, StoreError
 
 from .client import LabelStudioClient
 from .errors import LabelConfigError, RequestError, SettingsError
+from .ids import Id, is_id
 from .labels import LabelStore, label_from
+from .logs import failure
 from .metrics import ROUTES, Metrics
 from .predict import predict
 from .schema import LabelConfig, parse_label_config
@@ -49,7 +57,8 @@ from .training import Trainer, runs
 log = logging.getLogger("blip2plugins_label_studio")
 MODEL_CLASS = "Blip2Plugins"
 LABEL_STUDIO_AGENT = "heartex/"  # how Label Studio's ML client introduces itself
-_PROJECT = re.compile(r"(\d{1,18})(?:\.\d+)?")
+_PROJECT = re.compile(r"([0-9]{1,18})(?:\.[0-9]{1,30})?")
+_PARSE_INLINE = 1024 * 1024  # larger bodies are parsed in a worker thread, not on the event loop
 _LABEL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
 _DELETE_EVENTS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
 
@@ -66,7 +75,7 @@ class SetupBody(_Body):
 
 
 class TaskBody(_Body):
-    id: int | str | None = None
+    id: Id | None = None
     data: dict[str, Any]
 
 
@@ -82,20 +91,20 @@ class PredictBody(_Body):
 
 
 class ProjectRef(_Body):
-    id: int
+    id: Id
     label_config: str | None = None
 
 
 class AnnotationBody(_Body):
-    id: int
+    id: Id
     result: list[Any] = []
     was_cancelled: bool = False
     updated_at: str | None = None
-    task: int | None = None
+    task: Id | None = None
 
 
 class TaskRef(_Body):
-    id: int
+    id: Id
     data: dict[str, Any] = {}
 
 
@@ -131,16 +140,17 @@ def _validated(model: type[BaseModel], data: Any, what: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))[:100] or 'body'}: {e['msg']}" for e in exc.errors()[:5])
         raise RequestError(f"bad {what} body: {problems}", 422) from None
 
 
 def project_id(value: object) -> str:
     """The project id of ``"1.1795353650"`` (Label Studio's ``<id>.<created_at>``) or ``1``."""
-    match = _PROJECT.fullmatch(str(value).strip()) if isinstance(value, (str, int)) else None
-    if match is None:
-        raise RequestError(f"'project' must be a project id like '1.1795353650', got {str(value)[:40]!r}", 422)
-    return str(int(match[1]))
+    match = _PROJECT.fullmatch(value.strip()) if isinstance(value, str) else None
+    number = int(match[1]) if match else value
+    if not is_id(number):
+        raise RequestError(f"'project' must be a positive project id like '1.1795353650', got {repr(value)[:40]}", 422)
+    return str(number)
 
 
 # -- the backend ------------------------------------------------------------------------------------
@@ -152,9 +162,8 @@ class Backend:
         self.settings = settings
         self.metrics = Metrics()
         self.serving = Serving(settings)
-        self.client = client or LabelStudioClient(settings.label_studio_url, Settings.api_key(),
-                                                  allow_hosts=settings.allow_hosts)
-        self.pool = ThreadPoolExecutor(8, thread_name_prefix="blip2-ls-fetch")
+        self.client = client or LabelStudioClient.from_settings(settings)
+        self.generating = anyio.CapacityLimiter(settings.max_predictions)
         self.trainer = Trainer(settings, on_done=self._trained)
         self.configs: dict[str, str] = {}  # project -> the labeling config of its last /setup
 
@@ -176,8 +185,6 @@ class Backend:
     def close(self) -> None:
         self.trainer.close()
         self.serving.close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
 
     def labels(self, project: str) -> LabelStore:
         return LabelStore(self.settings.projects_dir / project)
@@ -245,7 +252,8 @@ def _slug(text: str, limit: int = 200) -> str:
 
 async def predict_route(request: Request) -> Response:
     backend: Backend = request.app.state.backend
-    body = _validated(PredictBody, await read_json(request, backend.settings.max_body_bytes), "/predict")
+    data = await read_json(request, backend.settings.max_body_bytes, backend.generating)
+    body = _validated(PredictBody, data, "/predict")
     if body.project is None:
         raise RequestError("'project' is missing", 422)
     project = project_id(body.project)
@@ -256,8 +264,9 @@ async def predict_route(request: Request) -> Response:
     await _model_ready(backend)
     tasks = [task.model_dump() for task in body.tasks]
     context = body.params.context if body.params else None
-    outcome = await run_in_threadpool(predict, backend.serving, backend.client, backend.pool, project, config, tasks,
-                                      context, backend.settings.generation())
+    outcome = await predict(backend.serving, backend.client, backend.generating, project, config, tasks, context,
+                            backend.settings.generation())
+    outcome.log(project)
     backend.metrics.predictions.labels("predicted").inc(len(tasks) - outcome.failed)
     backend.metrics.predictions.labels("failed").inc(outcome.failed)
     backend.metrics.serving(project, outcome.model_version)
@@ -321,8 +330,10 @@ def _on_labels(backend: Backend, data: Mapping[str, Any]) -> dict[str, Any]:
             removed += store.remove([annotation.id])
         elif store.put(label):
             recorded += 1
-    for problem in problems:
+    for problem in problems[:5]:
         log.warning("project %s: label not recorded: %s", project, problem)
+    if len(problems) > 5:
+        log.warning("project %s: %d more label(s) not recorded", project, len(problems) - 5)
     if problems and not recorded and not removed:
         raise RequestError("; ".join(problems[:3]), 422)
     log.info("project %s: %s: %d label(s) recorded, %d removed", project, data["action"], recorded, removed)
@@ -419,8 +430,9 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request's JSON object, read with a size cap; :class:`RequestError` (4xx) saying what is wrong."""
+async def read_json(request: Request, limit: int, limiter: anyio.CapacityLimiter | None = None) -> dict[str, Any]:
+    """The request's JSON object, read with a size cap and parsed by the careful reader (a large body in a
+    worker thread of ``limiter``); :class:`RequestError` (4xx) saying what is wrong."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise RequestError(f"the body is {int(length)} bytes, over the limit of {limit}", 413)
@@ -434,13 +446,9 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not raw.strip():
         raise RequestError("the body is empty: expected a JSON object")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise RequestError("the body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise RequestError(f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-    except RecursionError:
-        raise RequestError("the body's JSON is nested too deeply") from None
+        data = loads(raw) if len(raw) <= _PARSE_INLINE else await anyio.to_thread.run_sync(loads, raw, limiter=limiter)
+    except JSONReadError as exc:
+        raise RequestError(f"the body is refused: {exc}") from None
     if not isinstance(data, dict):
         raise RequestError(f"the body must be a JSON object, got {type(data).__name__}")
     return data
@@ -479,7 +487,7 @@ class Guard:
             else:
                 await self.app(scope, receive, watch)
         except Exception:  # answered already by the app's handler (Starlette re-raises for the server's log)
-            log.exception("%s %s failed", scope.get("method"), route)
+            failure(log, "%s %s failed", scope.get("method"), route)
             if not status["sent"]:
                 await _error(500, "internal error; the backend's log has the details")(scope, receive, watch)
         finally:
@@ -518,6 +526,7 @@ def create_app(settings: Settings | None = None, *, client: LabelStudioClient | 
             yield
         finally:
             await run_in_threadpool(backend.close)
+            await backend.client.aclose()
 
     routes = [
         Route("/", health, methods=["GET"]),

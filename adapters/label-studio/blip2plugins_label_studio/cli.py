@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import click
+from blip2plugins.types import ImageLimits
 
-from .settings import ENV_API_KEY, ENV_AUTH_PASS, ENV_AUTH_USER, ENV_SETTINGS, ENV_URL, Settings, default_model_dir
+from .settings import (ENV_API_KEY, ENV_AUTH_PASS, ENV_AUTH_USER, ENV_SETTINGS, ENV_URL, Settings, default_model_dir,
+                       read_recipe_file)
 
 _SECRETS = f"Secrets come from the environment only: {ENV_API_KEY}, {ENV_AUTH_USER} and {ENV_AUTH_PASS}."
 
@@ -47,6 +48,12 @@ _SECRETS = f"Secrets come from the environment only: {ENV_API_KEY}, {ENV_AUTH_US
 @click.option("--max-body-mb", default=32, show_default=True, type=click.IntRange(1), help="Largest request body.")
 @click.option("--predict-wait", default=90.0, show_default=True, type=click.FloatRange(0),
               help="Seconds /predict waits for a model that is still loading (Label Studio gives up at 100).")
+@click.option("--download-timeout", default=ImageLimits.download_timeout, show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Seconds a task image's whole download may take.")
+@click.option("--max-downloads", default=16, show_default=True, type=click.IntRange(1),
+              help="Task images downloaded at once (the others wait for a free slot).")
+@click.option("--max-predictions", default=4, show_default=True, type=click.IntRange(1),
+              help="Predictions generating on the host at once (the others wait, their images fetched).")
 @click.option("--log-level", envvar="LOG_LEVEL", show_envvar=True, default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 def serve(host: str, port: int, workers: int, model_dir: Path | None, adapter_store: Path | None,
@@ -86,13 +93,5 @@ def serve(host: str, port: int, workers: int, model_dir: Path | None, adapter_st
 def _check_recipe_file(spec: str | None) -> None:
     """Fail early on a recipe file that is missing or not JSON (its fields are checked when a run starts,
     since that needs the training modules, which are slow to import)."""
-    from .errors import SettingsError
-
-    if spec is None or (":" in spec and not Path(spec).exists()):
-        return
-    try:
-        json.loads(Path(spec).expanduser().read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(f"--train-config {spec!r}: cannot read it ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise SettingsError(f"--train-config {spec!r}: not valid JSON ({exc})") from None
+    if spec is not None and not (":" in spec and not Path(spec).exists()):
+        read_recipe_file(spec)

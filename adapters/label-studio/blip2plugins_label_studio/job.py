@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Callable
 
+import anyio
 from blip2plugins.errors import Blip2Error
+from blip2plugins.jsonfile import JSONReadError, loads
 
 from .client import LabelStudioClient
 from .files import write_atomic, write_json
@@ -41,75 +42,81 @@ def run(settings: Settings, project: str, *, pull: bool = False, label_config: s
     """Train on the project's accepted labels; the outcome as a JSON-able dict (``status`` and ``reason``)."""
     folder = settings.projects_dir / project
     folder.mkdir(parents=True, exist_ok=True)
-    own = client is None
-    client = client or LabelStudioClient(settings.label_studio_url, Settings.api_key(), allow_hosts=settings.allow_hosts)
-    try:
-        with open(folder / ".train.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            store = LabelStore(folder)
-            if pull:
-                _pull(client, store, project, label_config)
-            labels = store.labels()
-            if not labels:
-                return {"status": "failed", "reason": "no accepted labels to train on", "labels": 0}
-            records, skipped = _records(client, folder / "images", labels)
-            if not records:
-                return {"status": "failed", "reason": f"no usable labels: {'; '.join(skipped[:5])}",
-                        "labels": len(labels)}
-            return _finetune(settings, project, records, skipped, len(labels))
-    finally:
-        if own:
-            client.close()
+    with open(folder / ".train.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        labels, records, skipped, pulled = anyio.run(_prepare, settings, client, folder, project, pull, label_config)
+        if not labels:
+            because = f" ({pulled})" if pulled else ""
+            return {"status": "failed", "reason": f"no accepted labels to train on{because}", "labels": 0}
+        if not records:
+            return {"status": "failed", "reason": f"no usable labels: {'; '.join(skipped[:5])}",
+                    "labels": len(labels)}
+        outcome = _finetune(settings, project, records, skipped, len(labels))
+        return {**outcome, "pull_problem": pulled} if pulled else outcome
 
 
-def _pull(client: LabelStudioClient, store: LabelStore, project: str, label_config: str | None) -> None:
-    """Make the label store match Label Studio's export; on failure keep it and say so."""
+async def _prepare(settings: Settings, client: LabelStudioClient | None, folder: Path, project: str, pull: bool,
+                   label_config: str | None) -> tuple[list[Label], list[Any], list[str], str | None]:
+    """The project's labels (pulled from Label Studio first on ``pull``), their training records, the labels
+    left out, and why the pull failed (None: it did not, or was not asked for)."""
+    async with AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(LabelStudioClient.from_settings(settings))
+        store = LabelStore(folder)
+        pulled = await _pull(client, store, project, label_config) if pull else None
+        labels = store.labels()
+        records, skipped = await _records(client, folder / "images", labels) if labels else ([], [])
+    return labels, records, skipped, pulled
+
+
+async def _pull(client: LabelStudioClient, store: LabelStore, project: str, label_config: str | None) -> str | None:
+    """Make the label store match Label Studio's export; on failure keep it, and say why (the return value)."""
     if not label_config:
         log.warning("project %s: no labeling config came with the request; training on the labels recorded so far",
                     project)
-        return
+        return None
     try:
         config = parse_label_config(label_config)
-        labels, problems = labels_from_export(client.labeled_tasks(project), config)
+        labels, problems = labels_from_export(await client.labeled_tasks(project), config)
     except Blip2Error as exc:
-        log.warning("project %s: could not pull the labeled tasks (%s); training on the labels recorded so far",
-                    project, exc)
-        return
+        problem = f"pulling the labeled tasks from Label Studio failed: {exc}"
+        log.warning("project %s: %s; training on the labels recorded so far", project, problem)
+        return problem
     stored, removed = store.replace_all(labels)
     log.info("project %s: pulled %d accepted annotations from Label Studio (%d stale removed)", project, stored, removed)
     for problem in problems[:20]:
         log.warning("project %s: %s", project, problem)
+    if len(problems) > 20:
+        log.warning("project %s: %d more exported annotations left out", project, len(problems) - 20)
+    return None
 
 
-def _records(client: LabelStudioClient, cache: Path, labels: list[Label]) -> tuple[list[Any], list[str]]:
+async def _records(client: LabelStudioClient, cache: Path, labels: list[Label]) -> tuple[list[Any], list[str]]:
     """Training records with local image copies, and the labels left out (image unavailable)."""
     from blip2plugins.training.data import Record
 
     cache.mkdir(parents=True, exist_ok=True)
     wanted = {(entry.image, label.task) for label in labels for entry in label.entries}
+    local: dict[str, str] = {}
+    skipped: list[str] = []
 
-    def fetch(key: tuple[str, int]) -> tuple[str, str | None]:
-        ref, task = key
+    async def fetch(ref: str, task: int) -> None:
         path = cache / hashlib.sha256(ref.encode()).hexdigest()[:32]
         if not path.exists():
             try:
-                data = client.image_bytes(ref, task)
+                data = await client.image_bytes(ref, task)
             except Blip2Error as exc:
-                return ref, f"task {task}: {exc}"
+                skipped.append(f"task {task}: {exc}")
+                return
             write_atomic(path, data)
-        return ref, None
+        local[ref] = str(path)
 
-    local: dict[str, str] = {}
-    skipped: list[str] = []
-    with ThreadPoolExecutor(4) as pool:
-        for ref, problem in pool.map(fetch, sorted(wanted)):
-            if problem is None:
-                local[ref] = str(cache / hashlib.sha256(ref.encode()).hexdigest()[:32])
-            else:
-                skipped.append(problem)
+    async with anyio.create_task_group() as group:
+        for ref, task in sorted(wanted):
+            group.start_soon(fetch, ref, task)
     records = [Record(local[entry.image], text, entry.question, f"task {label.task} annotation {label.annotation}")
                for label in labels for entry in label.entries if entry.image in local for text in entry.texts]
-    return records, skipped
+    return records, sorted(skipped)
 
 
 def _finetune(settings: Settings, project: str, records: list[Any], skipped: list[str], n_labels: int) -> dict[str, Any]:
@@ -133,8 +140,12 @@ def _finetune(settings: Settings, project: str, records: list[Any], skipped: lis
 def main() -> None:
     """Read the spec from stdin, run, write the outcome to ``spec["result"]``."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    spec = json.loads(sys.stdin.read())
-    settings = Settings.from_json(json.dumps(spec["settings"]))
+    try:
+        spec = loads(sys.stdin.buffer.read())
+        settings = Settings(**spec["settings"])
+        project, result = str(spec["project"]), Path(spec["result"])
+    except (JSONReadError, KeyError, TypeError, Blip2Error) as exc:
+        sys.exit(f"the training job's spec on stdin is unusable: {type(exc).__name__}: {exc}")
     try:
         os.nice(settings.train_nice)
     except OSError:
@@ -144,11 +155,11 @@ def main() -> None:
     torch.set_num_threads(settings.train_threads)
     started = time.time()
     try:
-        outcome = run(settings, spec["project"], pull=spec.get("pull", False), label_config=spec.get("label_config"))
+        outcome = run(settings, project, pull=spec.get("pull") is True, label_config=spec.get("label_config"))
     except (Blip2Error, ValueError, OSError) as exc:
         outcome = {"status": "failed", "reason": str(exc)}
     outcome["seconds"] = round(time.time() - started, 1)
-    write_json(Path(spec["result"]), outcome)
+    write_json(result, outcome)
 
 
 if __name__ == "__main__":

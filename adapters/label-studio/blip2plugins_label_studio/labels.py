@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from .errors import LabelConfigError
 from .files import fsync_dir, read_json, write_json
+from .ids import is_id
 from .schema import LabelConfig, image_ref
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,11 @@ def label_from(annotation: Mapping[str, Any], task: Mapping[str, Any], config: L
     """
     if annotation.get("was_cancelled"):
         return None
+    result = annotation.get("result")
+    if not isinstance(result, (list, type(None))):
+        raise LabelConfigError(f"its result is {type(result).__name__} {str(result)[:40]!r}, not a list of regions")
     entries = []
-    for from_name, texts in config.texts(annotation.get("result") or []).items():
+    for from_name, texts in config.texts(result or []).items():
         target = config.target(from_name)
         assert target is not None
         entries.append(Entry(from_name, image_ref(task.get("data"), target), tuple(texts), target.question))
@@ -168,17 +172,22 @@ def labels_from_export(tasks: Iterable[Any], config: LabelConfig) -> tuple[list[
     """The accepted labels in a Label Studio JSON export, and the problems of the tasks left out."""
     labels: list[Label] = []
     problems: list[str] = []
-    for task in tasks:
-        if not isinstance(task, dict) or "id" not in task:
-            problems.append("an exported task without an id")
+    for number, task in enumerate(tasks, 1):
+        if not isinstance(task, dict) or not is_id(task.get("id")):
+            problems.append(f"exported task #{number}: not an object with an id (a positive integer)")
             continue
-        for annotation in task.get("annotations") or []:
-            if not isinstance(annotation, dict) or "id" not in annotation:
+        annotations = task.get("annotations")
+        if not isinstance(annotations, (list, type(None))):
+            problems.append(f"task {task['id']}: its annotations are {type(annotations).__name__}, not a list")
+            continue
+        for annotation in annotations or []:
+            if not isinstance(annotation, dict) or not is_id(annotation.get("id")):
+                problems.append(f"task {task['id']}: an annotation that is not an object with an id (a positive integer)")
                 continue
             try:
                 label = label_from(annotation, task, config)
             except LabelConfigError as exc:
-                problems.append(f"task {task['id']}: {exc}")
+                problems.append(f"task {task['id']} annotation {annotation['id']}: {exc}")
                 continue
             if label is not None:
                 labels.append(label)

@@ -21,6 +21,8 @@ from .errors import LabelConfigError
 
 #: The attribute of a TextArea that makes it a question about its image.
 QUESTION_ATTRIBUTE = "question"
+#: The longest labeling config read (real ones are a few kilobytes; parsed configs are cached).
+MAX_CONFIG_CHARS = 1024 * 1024
 _EXAMPLE = '<Image name="image" value="$image"/> <TextArea name="caption" toName="image"/>'
 
 
@@ -79,6 +81,9 @@ def parse_label_config(xml: str) -> LabelConfig:
     """The targets of a labeling config; :class:`LabelConfigError` when it cannot be read or has none."""
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("the labeling config is empty")
+    if len(xml) > MAX_CONFIG_CHARS:
+        raise LabelConfigError(f"the labeling config is {len(xml):,} characters long, over the limit of "
+                               f"{MAX_CONFIG_CHARS:,}")
     if "<!DOCTYPE" in xml.upper() or "<!ENTITY" in xml.upper():
         raise LabelConfigError("the labeling config must not declare a DOCTYPE or entities")
     try:

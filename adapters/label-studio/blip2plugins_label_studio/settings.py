@@ -14,10 +14,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from blip2plugins.jsonfile import JSONReadError, load_file, loads
+from blip2plugins.types import ImageLimits
 
 from .errors import SettingsError
 
@@ -69,6 +74,9 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_new_tokens: int | None = None
     predict_wait: float = 90.0
+    download_timeout: float = ImageLimits.download_timeout
+    max_downloads: int = 16
+    max_predictions: int = 4
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -76,13 +84,17 @@ class Settings:
             self.label_studio_url = os.environ[ENV_URL]
         if self.label_studio_url:
             self.label_studio_url = self.label_studio_url.rstrip("/")
+            _check_url(self.label_studio_url)
         self.allow_hosts = tuple(self.allow_hosts)
-        for name in ("train_every", "train_threads", "max_batch_size", "max_body_bytes"):
+        for name in ("train_every", "train_threads", "max_batch_size", "max_body_bytes", "max_downloads",
+                     "max_predictions"):
             low = 0 if name == "train_every" else 1
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+            if type(getattr(self, name)) is not int or getattr(self, name) < low:
                 raise SettingsError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
-        if self.predict_wait < 0:
-            raise SettingsError(f"predict_wait must be >= 0 seconds, got {self.predict_wait}")
+        for name, low in (("predict_wait", 0.0), ("download_timeout", 1e-3)):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not math.isfinite(value) or value < low:
+                raise SettingsError(f"{name} must be a number of seconds >= {low:g}, got {value!r}")
 
     # -- secrets, from the environment only -------------------------------------------------------
 
@@ -114,9 +126,9 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         try:
-            data = json.loads(text)
+            data = loads(text)
             return cls(**{**data, "allow_hosts": tuple(data.get("allow_hosts", ()))})
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise SettingsError(f"{ENV_SETTINGS} is not valid backend settings: {exc}") from None
 
     @classmethod
@@ -141,13 +153,17 @@ def load_recipe(spec: str | None) -> FinetuneConfig:
         if not isinstance(value, FinetuneConfig):
             raise SettingsError(f"training config {spec!r} is a {type(value).__name__}, not a FinetuneConfig")
         return value
+    return recipe_from_dict(read_recipe_file(spec), spec)
+
+
+def read_recipe_file(spec: str) -> Any:
+    """The JSON of a recipe file; :class:`SettingsError` when it is missing, unreadable or not JSON."""
     try:
-        data = json.loads(Path(spec).expanduser().read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(f"training config {spec!r}: cannot read it ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise SettingsError(f"training config {spec!r}: not valid JSON ({exc})") from None
-    return recipe_from_dict(data, spec)
+        return load_file(Path(spec).expanduser())
+    except FileNotFoundError:
+        raise SettingsError(f"training config {spec!r}: cannot read it (no such file)") from None
+    except JSONReadError as exc:
+        raise SettingsError(f"training config {exc}") from None
 
 
 def recipe_from_dict(data: Any, where: str) -> FinetuneConfig:
@@ -178,6 +194,16 @@ def recipe_from_dict(data: Any, where: str) -> FinetuneConfig:
 def recipe_to_dict(config: FinetuneConfig) -> dict[str, Any]:
     """The JSON form of a recipe (what :func:`recipe_from_dict` reads back)."""
     return dataclasses.asdict(config)
+
+
+def _check_url(url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not a number in range)
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_URL} {url[:100]!r} is not a URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{ENV_URL} {url[:100]!r} is not an http(s) URL with a host")
 
 
 def _is_tuple(annotation: object) -> bool:

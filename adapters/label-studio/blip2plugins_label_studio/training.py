@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from .files import read_json, write_json
+from .logs import failure
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class Trainer:
             try:
                 run = self._run(request)
             except Exception as exc:  # never let the worker die
-                log.exception("project %s: the training run could not be started", request.project)
+                failure(log, "project %s: the training run could not be started", request.project)
                 run = {"status": "failed", "reason": f"could not start the run: {exc}"}
             finally:
                 with self._cond:
@@ -124,7 +125,7 @@ class Trainer:
                 try:
                     self.on_done(request.project, run)
                 except Exception:
-                    log.exception("project %s: handling the finished run failed", request.project)
+                    failure(log, "project %s: handling the finished run failed", request.project)
 
     def _run(self, request: _Request) -> dict[str, Any]:
         folder = self.settings.projects_dir / request.project / "runs"

@@ -1,5 +1,5 @@
 """Fixtures of the Label Studio backend tests: the backend app under Starlette's test client, with a
-fake Label Studio (``ls_fake``) behind its HTTP client.
+fake Label Studio (``ls_fake``) behind its HTTP client; or served by uvicorn on 127.0.0.1 (``ls_servers``).
 
 Skipped unless the adapter is installed (``pip install -e 'adapters/label-studio[test]'``).
 """
@@ -22,6 +22,7 @@ else:
 
     from ls_fake import FakeLabelStudio
     from ls_payloads import LABEL_STUDIO_URL, SECRETS
+    from ls_servers import LiveBackend
 
 
 @pytest.fixture
@@ -48,3 +49,24 @@ def make_backend(tmp_path, monkeypatch) -> Iterator[Callable[..., tuple[Any, Fak
     yield make
     for test_client in clients:
         test_client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def live_backend(tmp_path, monkeypatch) -> Iterator[Callable[..., LiveBackend]]:
+    """``start(key=..., **settings)`` -> a started :class:`LiveBackend` (over HTTP on 127.0.0.1), its own
+    Label Studio client built from the settings."""
+    started: list[LiveBackend] = []
+    monkeypatch.delenv("BASIC_AUTH_USER", raising=False)
+    monkeypatch.delenv("BASIC_AUTH_PASS", raising=False)
+
+    def start(*, key: str = SECRETS[2], **overrides: Any) -> LiveBackend:
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", key)
+        options = {"model": "demo", "model_dir": str(tmp_path / f"model-dir-{len(started)}"),
+                   "adapter_store": str(tmp_path / "store"), **overrides}
+        live = LiveBackend(Settings(**options))
+        started.append(live)
+        return live.start()
+
+    yield start
+    for live in started:
+        live.stop()

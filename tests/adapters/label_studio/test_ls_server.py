@@ -13,7 +13,7 @@ import pytest
 from blip2plugins.demo import scenarios
 from blip2plugins.store import AdapterStore
 
-from ls_payloads import SECRETS, png, setup_body
+from ls_payloads import SECRETS, annotation_event, png, setup_body
 from ls_processes import free_port, start_backend, stop, wait_for
 
 
@@ -42,6 +42,27 @@ def test_health_and_setup_answer_in_time_while_the_model_loads(tmp_path) -> None
         stop(process)
     text = log.read_text()
     assert "Application startup complete" in text and SECRETS[2] not in text
+
+
+def test_a_500_is_logged_with_its_traceback(tmp_path) -> None:
+    """``blip2``'s one-line log formatter drops tracebacks: a 500's must still reach the log."""
+    model_dir = tmp_path / "model-dir"
+    model_dir.mkdir()
+    (model_dir / "projects").write_text("a file where the label stores' folder belongs")
+    port, log = free_port(), tmp_path / "backend.log"
+    process = start_backend(port, log, {"LABEL_STUDIO_API_KEY": SECRETS[2]}, "--model-dir", str(model_dir),
+                            "--model", "no-such-model")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{base}/versions", process, log, 120)
+        answer = httpx.post(f"{base}/webhook", json=annotation_event("ANNOTATION_CREATED", 1, 1, "a red circle"))
+        assert answer.status_code == 500 and "log has the details" in answer.json()["error"]
+        assert "Traceback" not in answer.text
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert "blip2: ERROR: POST /webhook failed\nTraceback (most recent call last):" in text, text[-3000:]
+    assert "NotADirectoryError" in text and SECRETS[2] not in text
 
 
 @pytest.mark.slow

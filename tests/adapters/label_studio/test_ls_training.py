@@ -4,6 +4,7 @@ the store serves the current version (also after a rollback); failed runs say wh
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import pytest
@@ -14,7 +15,8 @@ from blip2plugins_label_studio import job
 from blip2plugins_label_studio.settings import SettingsError, load_recipe
 
 from ls_fake import backend_of, ready
-from ls_payloads import CONFIG, annotation_event, png, predict_body, setup_body, task, upload_path
+from ls_payloads import CONFIG, annotation, annotation_event, png, predict_body, setup_body, task, upload_path
+from ls_servers import LocalServer, reply
 
 TINY = {"train": {"method": "lora", "steps": 3, "batch_size": 8, "lr": 1e-2, "warmup": 1, "log_every": 1},
         "eval_split": 0.25}
@@ -120,6 +122,47 @@ def test_a_run_without_labels_fails_with_the_reason(make_backend) -> None:
     backend = ready(client)
     outcome = job.run(backend.settings, "1", client=backend.client)
     assert outcome == {"status": "failed", "reason": "no accepted labels to train on", "labels": 0}
+
+
+@pytest.mark.parametrize("body, content_type, reason", [
+    (b"<!DOCTYPE html><html>Sign in</html>", "text/html", "answered 35 bytes of text/html, not usable JSON (line 1: "
+                                                          "not valid JSON"),
+    (b'{"detail": "Authentication credentials were not provided."}', "application/json",
+     "the export of project 1 is a JSON object (keys: detail) saying 'Authentication credentials were not "
+     "provided.', not a list of tasks"),
+    (b"[" * 50_000 + b"]" * 50_000, "application/json", "not usable JSON (nested more than 64 levels deep)"),
+    (b"[" + b"1" * 5000 + b"]", "application/json", "not usable JSON (a number of 5,000 digits (at most 100))"),
+], ids=["html", "object", "deep", "huge-number"])
+def test_a_pull_that_fails_says_what_label_studio_answered(tmp_path, body, content_type, reason) -> None:
+    from blip2plugins_label_studio.client import LabelStudioClient
+    from blip2plugins_label_studio.settings import Settings
+
+    with LocalServer({"/api/projects/1/export": reply(200, body, {"Content-Type": content_type})}) as label_studio:
+        settings = Settings(model_dir=str(tmp_path / "model-dir"), label_studio_url=label_studio.url)
+        outcome = job.run(settings, "1", pull=True, label_config=CONFIG, client=LabelStudioClient(label_studio.url, "k"))
+    assert outcome["status"] == "failed" and outcome["reason"].startswith(
+        "no accepted labels to train on (pulling the labeled tasks from Label Studio failed: ")
+    assert reason in outcome["reason"] and "\n" not in outcome["reason"], outcome["reason"]
+
+
+def test_exported_annotations_that_give_no_label_are_reported(tmp_path, caplog) -> None:
+    from blip2plugins_label_studio.client import LabelStudioClient
+    from blip2plugins_label_studio.settings import Settings
+
+    export = [{**task(1), "annotations": [{**annotation(11, 1, "x"), "result": "oops"}, "oops", {"id": -1}]},
+              {**task(2), "annotations": "oops"}, {**task(3), "id": "3"}, [], {**task(10**30)}]
+    with LocalServer({"/api/projects/1/export": reply(200, json.dumps(export).encode())}) as label_studio:
+        settings = Settings(model_dir=str(tmp_path / "model-dir"), label_studio_url=label_studio.url)
+        with caplog.at_level(logging.WARNING, logger="blip2plugins_label_studio"):
+            outcome = job.run(settings, "1", pull=True, label_config=CONFIG,
+                              client=LabelStudioClient(label_studio.url, "k"))
+    assert outcome["reason"] == "no accepted labels to train on"
+    for problem in ["task 1 annotation 11: its result is str 'oops', not a list of regions",
+                    "task 1: an annotation that is not an object with an id (a positive integer)",
+                    "task 2: its annotations are str, not a list", "exported task #3: not an object with an id",
+                    "exported task #4: not an object", "exported task #5: not an object"]:
+        assert problem in caplog.text
+    assert caplog.text.count("an annotation that is not an object") == 2
 
 
 def test_a_crashed_run_is_recorded_failed_and_nothing_changes(make_backend) -> None:
