@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from PIL import Image
 
 from blip2plugins import hookimpl, plugins
 from blip2plugins.cli import build_cli
-from blip2plugins.errors import DataError, ModelLoadError
+from blip2plugins.errors import DataError, ModelLoadError, StoreError
 from blip2plugins.demo import world
 from blip2plugins.host import Host
 from blip2plugins.store import AdapterStore
@@ -197,3 +199,39 @@ def test_an_out_folder_with_files_in_it_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out" / "adapter_config.json").write_text("{}")  # an earlier run's LoRA would shadow a new one
     with pytest.raises(ValueError, match="out folder .* is not empty"):
         finetune("demo", write_dataset(tmp_path / "data"), FinetuneConfig(), out=tmp_path / "out")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="out folder .*file is a file"):
+        finetune("demo", write_dataset(tmp_path / "data"), FinetuneConfig(), out=tmp_path / "file")
+
+
+def _full_disk(*args, **kwargs) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_under_out_is_one_line_leaves_nothing_and_the_rerun_works(tiny_opt, tmp_path, monkeypatch) -> None:
+    data = write_dataset(tmp_path / "data", n=8)
+    out = tmp_path / "runs" / "out"
+    monkeypatch.setattr("blip2plugins.training.finetune._write_report", _full_disk)  # after the weights were written
+    with pytest.raises(StoreError, match=f"^cannot write the trained adapter to {out}: No space left on device$"):
+        finetune(str(tiny_opt), data, small(steps=1), out=out)
+    assert list(out.parent.iterdir()) == []  # no README.md or weights left, in out or beside it
+    monkeypatch.undo()
+    finetune(str(tiny_opt), data, small(steps=1), out=out)
+    assert {"adapter_model.safetensors", "report.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_full_disk_under_the_store_is_one_line_and_stores_nothing(tiny_opt, tmp_path, monkeypatch) -> None:
+    from safetensors import SafetensorError
+
+    def serialize(model, method, folder, **kwargs) -> None:
+        (Path(folder) / "README.md").write_text("half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("blip2plugins.artifacts.save", serialize)
+    store = tmp_path / "store"
+    result = CliRunner().invoke(build_cli(), [
+        "train", "--data", str(write_dataset(tmp_path / "data", n=8)), "--model", str(tiny_opt), "--store", str(store),
+        "--steps", "1", "--batch-size", "8", "--warmup", "0"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == f"blip2: cannot write the trained adapter to {store}: No space left on device"
+    assert "Traceback" not in result.output and AdapterStore(store).names() == []

@@ -18,18 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import shutil
 import sys
 import time
+import uuid
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from safetensors import SafetensorError
 
 from .. import artifacts, models, plugins
-from ..errors import OptionError
+from ..errors import OptionError, StoreError
+from ..files import fsync_dir
 from ..host import Host
 from ..store import AdapterStore
 from ..types import AdapterVersion
@@ -149,8 +155,8 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
     """
     if (store is None) == (out is None):
         raise ValueError("give exactly one of store= or out=")
-    if out is not None and Path(out).is_dir() and any(Path(out).iterdir()):  # old files would mix with the new
-        raise ValueError(f"out folder {out} is not empty: give a new or empty folder")
+    if out is not None:
+        _check_out(Path(out))
     started = time.perf_counter()
     dataset = data if isinstance(data, CaptionDataset) else read_dataset(data, strict=strict)
     dataset = dataset.check_images(strict=strict)
@@ -210,12 +216,13 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
         _write_report(facts, folder)
 
     if store is None:
-        folder = Path(out)  # type: ignore[arg-type]
-        write(folder)
+        with _writing(Path(out)):  # type: ignore[arg-type]
+            _write_aside(Path(out), write)  # type: ignore[arg-type]
         facts["seconds"] = round(time.perf_counter() - started, 1)
         return FinetuneResult(None, facts)
-    adapter = store.add(base_model, name, write, method=config.train.method, metrics=metrics,
-                        dataset=facts["dataset"]["fingerprint"], parent=current.version if current else None)
+    with _writing(store.root):
+        adapter = store.add(base_model, name, write, method=config.train.method, metrics=metrics,
+                            dataset=facts["dataset"]["fingerprint"], parent=current.version if current else None)
     plugins.notify("training_finished", adapter)
     if config.promote:
         metric = config.metric or ("caption_exact_match" if "caption_exact_match" in metrics else "vqa_accuracy")
@@ -224,6 +231,44 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
         log(f"{adapter.version}: {adapter.status} ({adapter.reason})")
     facts["seconds"] = round(time.perf_counter() - started, 1)
     return FinetuneResult(adapter, facts)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a folder with files in it (old files would mix with the new)."""
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"out folder {out} is a file: give a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise OptionError(f"out folder {out} is not empty: give a new or empty folder")
+
+
+def _write_aside(out: Path, write: Callable[[Path], None]) -> None:
+    """``write`` into a new folder beside ``out``, fsync it and rename it to ``out`` (which may be an
+    empty folder): a run that fails while writing leaves nothing behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.partial")
+    partial.mkdir()
+    try:
+        write(partial)
+        for path in partial.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.rename(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    fsync_dir(out.parent)
+
+
+@contextmanager
+def _writing(where: Path) -> Iterator[None]:
+    """A failed write (a full disk, a read-only folder) as one :class:`StoreError` line naming ``where``."""
+    try:
+        yield
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        match = re.search(r"I/O error: (.*) \(os error \d+\)", reason)  # safetensors' wording
+        reason = " ".join((match.group(1) if match else reason).split())
+        raise StoreError(f"cannot write the trained adapter to {where}: {reason}") from None
 
 
 def _quiet(message: str) -> None:
