@@ -134,7 +134,7 @@ def test_blip2_plugins_lists_it() -> None:
 _README = '''\
 # $dist
 
-A [blip2plugins](https://pypi.org/project/blip2plugins/) plugin. It adds:
+A plugin for blip2plugins, the BLIP-2 model host. It adds:
 
 * the model preset `$name-demo`: the bundled demo model with short greedy captions;
 * an image source for `$name:COLOUR` references (`$name:red`, `$name:#336699`): a plain 64x64 image.
