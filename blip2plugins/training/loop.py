@@ -29,8 +29,9 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..errors import OptionError
+from ..errors import ModelLoadError, OptionError, StoreError
 from ..families import Family, family_of
+from ..jsonfile import JSONReadError, load_file
 from . import checks
 from .collate import AUGMENTATIONS, Collator, Example
 from .methods import METHODS, apply_method, count_parameters
@@ -107,6 +108,8 @@ class TrainConfig:
             raise OptionError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if (self.resume or self.checkpoint_every) and not self.checkpoint_dir:
             raise OptionError("resume and checkpoint_every need checkpoint_dir")
+        if self.checkpoint_dir and os.path.exists(self.checkpoint_dir) and not os.path.isdir(self.checkpoint_dir):
+            raise OptionError(f"checkpoint_dir {self.checkpoint_dir} is not a folder")
 
 
 @dataclass
@@ -289,14 +292,19 @@ def _save_checkpoint(config: TrainConfig, accelerator: Accelerator, model: torch
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     rank = accelerator.process_index
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / f"rng-{rank}.pt")
-    if accelerator.is_main_process:
-        inner = accelerator.unwrap_model(model)
-        torch.save(_trainable_state(inner), tmp / "trainable.pt")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        state = {**position, "losses": report.losses, "evals": report.evals, "examples_seen": report.examples_seen,
-                 "method": config.method}
-        (tmp / _STATE).write_text(json.dumps(state))
+    try:
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / f"rng-{rank}.pt")
+        if accelerator.is_main_process:
+            inner = accelerator.unwrap_model(model)
+            torch.save(_trainable_state(inner), tmp / "trainable.pt")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+            state = {**position, "losses": report.losses, "evals": report.evals, "examples_seen": report.examples_seen,
+                     "method": config.method}
+            (tmp / _STATE).write_text(json.dumps(state))
+    except (OSError, RuntimeError) as exc:  # a full disk: torch says RuntimeError ("file write failed")
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[-200:]
+        raise StoreError(f"cannot save a checkpoint in {root}: {reason}") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for name in os.listdir(tmp):
@@ -317,24 +325,55 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> Path | None:
 
 def _load_checkpoint(config: TrainConfig, accelerator: Accelerator, model: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any] | None:
+    """Restore the latest checkpoint into the run; a damaged one is a :class:`ModelLoadError` naming it.
+
+    Tensors and states load with ``weights_only``: a checkpoint folder cannot run code.
+    """
     folder = latest_checkpoint(config.checkpoint_dir)  # type: ignore[arg-type]
     if folder is None:
         return None
-    state = json.loads((folder / _STATE).read_text())
+    try:
+        state = _checked_state(load_file(folder / _STATE))
+    except (JSONReadError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot resume from checkpoint {folder}: {exc}") from None
     if state.get("method") != config.method:
-        raise ValueError(f"checkpoint {folder} was made by method {state.get('method')!r}, not {config.method!r}")
+        raise ModelLoadError(f"checkpoint {folder} was made by method {state.get('method')!r}, not {config.method!r}")
     inner = accelerator.unwrap_model(model)
-    weights = torch.load(folder / "trainable.pt", map_location="cpu")
-    params = dict(inner.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    rng_file = folder / f"rng-{accelerator.process_index}.pt"
-    if rng_file.is_file():
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+    try:
+        weights = torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
+        params = dict(inner.named_parameters())
+        unknown = sorted(set(weights) - set(params))
+        if unknown:
+            raise ValueError(f"trainable.pt holds {unknown[0]!r}, which this model lacks")
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        rng_file = folder / f"rng-{accelerator.process_index}.pt"
+        if rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=True)
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in torch, pickle or the state dicts
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelLoadError(f"cannot resume from checkpoint {folder}: {reason}") from None
+    return state
+
+
+def _checked_state(state: Any) -> dict[str, Any]:
+    """The saved position and history, or ``ValueError`` when a field is missing or of the wrong kind."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{_STATE} is not a JSON object")
+    for key in ("step", "epoch", "batch_in_epoch", "examples_seen"):
+        value = state.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{_STATE}: {key} must be a whole number >= 0, got {value!r}")
+    losses, evals = state.get("losses"), state.get("evals")
+    if not isinstance(losses, list) or not all(
+            isinstance(x, list) and len(x) == 2 and all(isinstance(v, (int, float)) for v in x) for x in losses):
+        raise ValueError(f"{_STATE}: losses must be a list of [step, loss] pairs")
+    if not isinstance(evals, list) or not all(isinstance(x, dict) for x in evals):
+        raise ValueError(f"{_STATE}: evals must be a list of objects")
     return state
