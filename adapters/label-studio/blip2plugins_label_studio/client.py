@@ -207,8 +207,8 @@ class LabelStudioClient:
             if location is None:
                 return response
             await response.aclose()
-            target = urllib.parse.urljoin(url, location)
             try:
+                target = _joined(url, location)
                 parts = _split(target)
                 if parts.scheme.lower() not in ("http", "https"):
                     raise ImageError(describe_url(target), "not an http(s) URL")
@@ -320,6 +320,14 @@ async def _read(response: httpx2.Response, where: str, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+def _joined(url: str, location: str) -> str:
+    """A redirect's target; :class:`ImageError` for a ``Location`` that is no URL."""
+    try:
+        return urllib.parse.urljoin(url, location)
+    except ValueError as exc:
+        raise ImageError(describe_url(location), f"invalid URL ({exc})") from None
+
+
 def _split(url: str) -> urllib.parse.SplitResult:
     """``urlsplit``, its port checked; :class:`ImageError` for a URL that cannot be one (a bad port, ``[``)."""
     try:
@@ -359,4 +367,6 @@ def _network_reason(exc: httpx2.HTTPError) -> str:
         return "timed out"
     if isinstance(exc, httpx2.InvalidURL):
         return "invalid URL"
+    if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.DecodingError)):
+        return f"a malformed answer ({type(exc).__name__})"
     return f"unreachable ({type(exc).__name__})"

@@ -77,6 +77,15 @@ def reply(status: int, body: bytes = b"", headers: Mapping[str, str] | None = No
     return answer
 
 
+def raw(data: bytes) -> Answer:
+    """These bytes as the whole answer (malformed HTTP included), then the connection closes."""
+    def answer(server: LocalServer, handler: BaseHTTPRequestHandler) -> None:
+        handler.wfile.write(data)
+        handler.close_connection = True
+
+    return answer
+
+
 def redirect(location: str, status: int = 302) -> Answer:
     return reply(status, headers={"Location": location})
 

@@ -17,7 +17,7 @@ from blip2plugins.demo import world
 
 from ls_fake import make_jwt
 from ls_payloads import annotation_event, png, predict_body, setup_body, task, upload_path
-from ls_servers import LocalServer, drip, redirect, reply
+from ls_servers import LocalServer, drip, raw, redirect, reply
 
 PNG = png(world.make_scene({"circle": "red"}))
 DATA_URI = "data:image/png;base64," + base64.b64encode(PNG).decode()
@@ -130,6 +130,20 @@ def test_redirects_are_followed_only_to_allowed_hosts(live_backend, caplog) -> N
             "Label Studio's credentials never leave its host"
 
 
+def test_malformed_answers_of_an_image_host_fail_their_task_only(live_backend, caplog) -> None:
+    answers = {"/location": b"HTTP/1.1 302 Found\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n",
+               "/length": b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\nx",
+               "/garbage": b"\x00\xff garbage\r\n\r\n",
+               "/gzip": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nxxxxx"}
+    with LocalServer({path: raw(data) for path, data in answers.items()}) as host:
+        backend = live_backend(allow_hosts=(host.host,)).ready()
+        tasks = [task(i, f"{host.url}{path}") for i, path in enumerate(answers, 1)] + [task(9, DATA_URI)]
+        with caplog.at_level(logging.WARNING, logger="blip2plugins_label_studio"):
+            assert texts(backend.http.post("/predict", json=predict_body(tasks))) == [None] * 4 + [CAPTION]
+    assert "redirected to (unparsable URL): invalid URL" in caplog.text
+    assert caplog.text.count("a malformed answer") == 3
+
+
 def test_a_big_batch_logs_a_summary_not_a_line_per_task(live_backend, caplog) -> None:
     backend = live_backend().ready()
     tasks = [task(i, f"relative/{i}.png") for i in range(1, 2001)]
@@ -145,16 +159,16 @@ def test_a_big_batch_logs_a_summary_not_a_line_per_task(live_backend, caplog) ->
 HUGE = "1" + "0" * 5000
 
 
-def raw(text: str) -> bytes:
+def encoded(text: str) -> bytes:
     return text.encode()
 
 
 @pytest.mark.parametrize("route, body, status, reason", [
-    ("/webhook", raw('{"action": "ANNOTATION_CREATED", "annotation": {"id": %s}}' % HUGE), 400, "5,001 digits"),
-    ("/predict", raw('{"tasks": [], "project": %s}' % HUGE), 400, "5,001 digits"),
-    ("/setup", raw('{"schema": "x", "project": 1, "n": -%s}' % HUGE), 400, "digits"),
-    ("/webhook", raw('{"action": "\\ud800"}'), 400, "lone surrogate"),
-    ("/webhook", raw('{"action": "START_TRAINING", "project": {"id": %d}}' % 10**300), 400, "digits"),
+    ("/webhook", encoded('{"action": "ANNOTATION_CREATED", "annotation": {"id": %s}}' % HUGE), 400, "5,001 digits"),
+    ("/predict", encoded('{"tasks": [], "project": %s}' % HUGE), 400, "5,001 digits"),
+    ("/setup", encoded('{"schema": "x", "project": 1, "n": -%s}' % HUGE), 400, "digits"),
+    ("/webhook", encoded('{"action": "\\ud800"}'), 400, "lone surrogate"),
+    ("/webhook", encoded('{"action": "START_TRAINING", "project": {"id": %d}}' % 10**300), 400, "digits"),
     ("/webhook", json.dumps({"action": "START_TRAINING", "project": {"id": 10**30}}).encode(), 422, "project.id"),
     ("/webhook", json.dumps(annotation_event("ANNOTATION_CREATED", 10**30, 1, "x")).encode(), 422, "annotation.0.id"),
     ("/webhook", json.dumps({"action": "START_TRAINING", "project": {"id": -5}}).encode(), 422, "project.id"),
