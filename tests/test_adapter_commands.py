@@ -100,7 +100,7 @@ def test_list_survives_a_corrupt_current(cli: click.Group, store: AdapterStore) 
     current.write_text("{")
     result = invoke(cli, "list", "--store", str(store.root))
     assert result.exit_code == 0
-    assert f"blip2: warning: {current}: not valid JSON" in result.stderr
+    assert f"blip2: warning: {current}: line 1: not valid JSON" in result.stderr
     assert len(result.stdout.splitlines()) == 4 and "*" not in result.stdout
 
 

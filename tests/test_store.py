@@ -364,7 +364,7 @@ def test_failed_current_replace_keeps_the_old_pointer(store: AdapterStore, monke
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StoreError, match="CURRENT: cannot write: No space left"):
         store.promote(BASE, NAME, "2")
     assert (adapter_dir / "CURRENT").read_bytes() == before
     assert store.current(BASE, NAME).version == "v0001"  # type: ignore[union-attr]
@@ -372,10 +372,63 @@ def test_failed_current_replace_keeps_the_old_pointer(store: AdapterStore, monke
     assert sorted(entry.name for entry in adapter_dir.iterdir()) == ["CURRENT", "v0001", "v0002"]  # no temp file
 
 
+PROMOTE_CHILD = textwrap.dedent("""
+    import os, sys
+    from blip2plugins import store
+
+    root, kill_at = sys.argv[1], int(sys.argv[2])
+    real, writes = store.write_atomic, []
+
+    def write_atomic(path, data):  # dies (as kill -9 would: no cleanup) before its kill_at-th file write
+        writes.append(path)
+        if len(writes) == kill_at:
+            os._exit(9)
+        real(path, data)
+
+    store.write_atomic = write_atomic
+    store.AdapterStore(root).promote("Salesforce/blip2-opt-2.7b", "captions", "2")
+""")
+
+
+def test_a_promotion_killed_at_any_write_is_done_or_not_done(tmp_path: Path) -> None:
+    """CURRENT alone decides what is promoted: no kill point leaves v0002 "promoted" but not current."""
+    for kill_at in range(1, 10):
+        store = AdapterStore(tmp_path / f"store-{kill_at}")
+        store.promote(BASE, NAME, add(store, "one").version)
+        add(store, "two")
+        child = subprocess.run([sys.executable, "-c", PROMOTE_CHILD, str(store.root), str(kill_at)], timeout=120)
+        current = store.current(BASE, NAME).version  # type: ignore[union-attr]
+        statuses = {v.version: v.status for v in store.versions(BASE, NAME)}
+        assert statuses == {"v0001": "promoted", "v0002": "promoted" if current == "v0002" else "candidate"}, kill_at
+        if child.returncode == 0:
+            assert current == "v0002" and kill_at > 1
+            break
+        assert child.returncode == 9 and current == "v0001"
+    else:
+        raise AssertionError("the promotion never finished")
+
+
+def test_statuses_follow_current_history(store: AdapterStore) -> None:
+    first, second = add(store, "one"), add(store, "two")
+    path = Path(second.path) / "version.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "status": "promoted", "reason": "half done"}))  # CURRENT never named it
+    assert store.get(BASE, NAME, "2").status == "candidate"
+    assert "did not complete" in store.get(BASE, NAME, "2").reason
+    store.promote(BASE, NAME, "1")
+    before = (Path(first.path) / "version.json").read_bytes()
+    store.promote(BASE, NAME, "2")
+    refused = store.judge(store.get(BASE, NAME, "1"), margin=1.0)  # promoted before: CURRENT records the refusal
+    assert (Path(first.path) / "version.json").read_bytes() == before
+    assert [(v.version, v.status) for v in store.versions(BASE, NAME)] == [("v0001", "refused"), ("v0002", "promoted")]
+    assert store.get(BASE, NAME, "1") == refused
+    assert store.promote(BASE, NAME, "1") == store.get(BASE, NAME, "1") == store.current(BASE, NAME)
+
+
 # -- corrupt metadata ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("content", "reason"), [
-    ("{not json", "not valid JSON"),
+    ("{not json", "line 1: not valid JSON"),
     ("[1, 2]", "not a JSON object"),
     (None, "missing"),
 ])
@@ -399,7 +452,7 @@ def test_corrupt_version_is_skipped_by_listing_and_named_by_get(store: AdapterSt
 @pytest.mark.parametrize(("edit", "message"), [
     ({"status": "great"}, "bad or missing 'status'"),
     ({"metrics": {EM: "high"}}, "bad or missing 'metrics'"),
-    ({"version": "v0009"}, "describes 'captions' v0009"),
+    ({"version": "v0009"}, "describes 'captions' 'v0009'"),
 ])
 def test_version_json_with_bad_fields_is_refused(store: AdapterStore, edit: dict[str, object], message: str) -> None:
     path = Path(add(store).path) / "version.json"
@@ -412,7 +465,7 @@ def test_version_json_with_bad_fields_is_refused(store: AdapterStore, edit: dict
 def test_corrupt_current_is_named_and_left_alone(store: AdapterStore) -> None:
     store.promote(BASE, NAME, add(store).version)
     path = store.root / model_slug(BASE) / NAME / "CURRENT"
-    for content, reason in (("{", "not valid JSON"), ('{"current": "best", "previous": [], "history": []}',
+    for content, reason in (("{", "line 1: not valid JSON"), ('{"current": "best", "previous": [], "history": []}',
                                                        "'current' is not a version id")):
         path.write_text(content)
         with pytest.raises(StoreError, match=re.escape(f"{path}: {reason}")):
