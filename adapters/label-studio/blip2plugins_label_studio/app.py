@@ -44,7 +44,7 @@ from blip2plugins.errors import Blip2Error, StoreError
 
 from .client import LabelStudioClient
 from .errors import LabelConfigError, RequestError, SettingsError
-from .ids import Id, is_id
+from .ids import Id, TaskId, is_id
 from .labels import LabelStore, label_from
 from .logs import failure
 from .metrics import ROUTES, Metrics
@@ -75,7 +75,7 @@ class SetupBody(_Body):
 
 
 class TaskBody(_Body):
-    id: Id | None = None
+    id: TaskId | None = None
     data: dict[str, Any]
 
 
@@ -100,11 +100,11 @@ class AnnotationBody(_Body):
     result: list[Any] = []
     was_cancelled: bool = False
     updated_at: str | None = None
-    task: Id | None = None
+    task: TaskId | None = None
 
 
 class TaskRef(_Body):
-    id: Id
+    id: TaskId
     data: dict[str, Any] = {}
 
 
@@ -121,10 +121,14 @@ class LabelEvent(_Body):
         return [value] if isinstance(value, dict) else value
 
 
+class AnnotationRef(_Body):
+    id: Id
+
+
 class DeleteEvent(_Body):
     project: ProjectRef
-    annotation: TaskRef | None = None
-    annotations: list[TaskRef] = []
+    annotation: AnnotationRef | None = None
+    annotations: list[AnnotationRef] = []
 
 
 class TasksDeletedEvent(_Body):

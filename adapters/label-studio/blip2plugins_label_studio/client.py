@@ -136,8 +136,8 @@ class LabelStudioClient:
         parts = _split(ref)
         scheme = parts.scheme.lower()
         if scheme in CLOUD_SCHEMES:
-            if not is_id(task_id):
-                raise ImageError(describe_url(ref), "a cloud storage URI needs its task id (a positive integer) to be resolved")
+            if not is_id(task_id, low=0):
+                raise ImageError(describe_url(ref), "a cloud storage URI needs its task id (an integer >= 0) to be resolved")
             encoded = base64.urlsafe_b64encode(ref.encode()).decode()
             return self._on_label_studio(f"/tasks/{task_id}/resolve/?fileuri={encoded}", ref), True
         if scheme in ("http", "https"):

@@ -173,8 +173,8 @@ def labels_from_export(tasks: Iterable[Any], config: LabelConfig) -> tuple[list[
     labels: list[Label] = []
     problems: list[str] = []
     for number, task in enumerate(tasks, 1):
-        if not isinstance(task, dict) or not is_id(task.get("id")):
-            problems.append(f"exported task #{number}: not an object with an id (a positive integer)")
+        if not isinstance(task, dict) or not is_id(task.get("id"), low=0):
+            problems.append(f"exported task #{number}: not an object with an id (an integer >= 0)")
             continue
         annotations = task.get("annotations")
         if not isinstance(annotations, (list, type(None))):

@@ -9,6 +9,7 @@ recorded under the project's ``runs/`` folder, which ``/versions`` lists.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -132,7 +133,7 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         result_path = folder / f".{run_id}.result.json"
-        spec = {"settings": json.loads(self.settings.to_json()), "project": request.project, "pull": request.pull,
+        spec = {"settings": dataclasses.asdict(self.settings), "project": request.project, "pull": request.pull,
                 "label_config": request.label_config, "result": str(result_path)}
         started = time.time()
         log.info("project %s: training run %s started", request.project, run_id)
