@@ -195,3 +195,10 @@ def test_hostile_numbers_and_strings_get_a_4xx(live_backend, route, body, status
 def test_versions_refuses_a_project_that_is_no_id(live_backend, query) -> None:
     answer = live_backend().http.get("/versions", params={"project": query})
     assert answer.status_code == 422 and "positive project id" in answer.json()["error"], answer.text
+
+
+@pytest.mark.parametrize("result", [5, True, "oops", {"a": 1}, [5, "x", None]])
+def test_a_context_result_that_is_no_list_of_regions_is_ignored(live_backend, result) -> None:
+    backend = live_backend().ready()
+    answer = backend.http.post("/predict", json=predict_body([task(1, DATA_URI)], context={"result": result}))
+    assert texts(answer) == [CAPTION]
