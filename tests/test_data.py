@@ -525,3 +525,31 @@ def test_a_coco_id_true_is_not_image_1(tmp_path: Path) -> None:
                                 "annotations": [{"image_id": True, "caption": "x"}, {"image_id": 1.0, "caption": "y"}]}))
     assert problems(read_dataset(path)) == {f"{path}:annotations[0]": "image_id True is not in 'images'",
                                             f"{path}:annotations[1]": "image_id 1.0 is not in 'images'"}
+
+
+def test_special_files_and_non_paths_are_refused_without_blocking(tmp_path: Path, monkeypatch) -> None:
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    (tmp_path / "folder.jsonl").mkdir()
+    for path, reason in [(tmp_path / "fifo.jsonl", "not a regular file"), ("/dev/zero", "not a regular file"),
+                         (tmp_path / "folder.jsonl", "a folder")]:
+        with pytest.raises(DataError, match=f"^{path}: {reason}$"):
+            read_dataset(path, format="jsonl")
+    for paths in ([5], [None], [b"x.jsonl"]):
+        with pytest.raises(DataError, match="a dataset file must be a path, got"):
+            read_dataset(paths)  # type: ignore[arg-type]
+    long = "a" * 5000 + ".jsonl"
+    with pytest.raises(DataError, match="cannot read: File name too long") as caught:
+        read_dataset(long)
+    assert len(str(caught.value)) < 300
+    monkeypatch.setattr("blip2plugins.training.data.MAX_FILE_BYTES", 10)
+    jsonl(tmp_path / "big.jsonl", {"image": "a.png", "caption": "a caption"})
+    with pytest.raises(DataError, match="big.jsonl: larger than 10 bytes"):
+        read_dataset(tmp_path / "big.jsonl")
+
+
+def test_a_csv_header_without_image_is_named_briefly(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text(",".join(["x" * 5000] * 20) + "\n")
+    with pytest.raises(DataError, match=r"no 'image' column \(columns: x{40}\.\.\., .* and 12 more\)") as caught:
+        read_dataset(path)
+    assert len(str(caught.value)) < 700

@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping, Sequence, Union, overload
@@ -51,6 +52,10 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".json": "j
 # ``scheme:`` with a scheme of two characters or more, so that ``C:\x`` stays a (Windows) path.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
 _FINGERPRINT_LENGTH = 16
+#: A dataset file larger than this is refused (it is read whole).
+MAX_FILE_BYTES = 1 << 30
+# Opening never blocks (a FIFO waits for a writer otherwise) nor makes a terminal ours.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 _LINE = re.compile(r"^line (\d+): ")  # how a JSONReadError names the line
 _TWICE = object()  # a COCO image id listed more than once
 
@@ -265,6 +270,9 @@ def read_dataset(
     files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not files:
         raise DataError("no dataset files given")
+    for path in files:
+        if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+            raise DataError(f"a dataset file must be a path, got {type(path).__name__} {describe(str(path))}")
     records: list[Record] = []
     skipped: list[Problem] = []
     seen: set[tuple[str, str | None, str]] = set()
@@ -291,7 +299,8 @@ class _Reader:
     """Reads one file into records and problems."""
 
     def __init__(self, path: str, image_root: PathInput | None, strict: bool) -> None:
-        self.path = path
+        self.file = path
+        self.path = describe(path)  # how messages name it: printable, long paths cut
         self.root = os.path.abspath(image_root if image_root is not None else os.path.dirname(os.path.abspath(path)))
         self.strict = strict
         self.records: list[Record] = []
@@ -301,7 +310,7 @@ class _Reader:
     def read(self, format: Format | None) -> None:
         kind: str | None = format
         if kind is None:
-            kind = _EXTENSIONS.get(os.path.splitext(self.path)[1].lower())
+            kind = _EXTENSIONS.get(os.path.splitext(self.file)[1].lower())
             if kind is None:
                 raise DataError(
                     f"{self.path}: unknown dataset format (expected .jsonl, .csv or .json, or give format=)"
@@ -343,11 +352,23 @@ class _Reader:
         return self._resolved[ref]
 
     def _bytes(self) -> bytes:
+        """The file's bytes; a FIFO, device or folder is refused without blocking, and so is a file
+        over :data:`MAX_FILE_BYTES`."""
         try:
-            with open(self.path, "rb") as file:
-                return file.read()
+            fd = os.open(self.file, _OPEN_FLAGS)
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                os.close(fd)
+                raise DataError(f"{self.path}: {'a folder' if stat.S_ISDIR(mode) else 'not a regular file'}")
+            with open(fd, "rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
-            raise DataError(f"{self.path}: cannot read: {exc.strerror or exc}") from exc
+            raise DataError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        except ValueError as exc:  # a NUL character in the path
+            raise DataError(f"{self.path}: cannot read: {exc}") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise DataError(f"{self.path}: larger than {MAX_FILE_BYTES:,} bytes")
+        return data
 
     def _text_of_file(self) -> str:
         data = self._bytes()
@@ -380,7 +401,7 @@ class _Reader:
             if not header:
                 return
             if "image" not in header:
-                raise DataError(f"{self.path}: the header has no 'image' column (columns: {', '.join(header)})")
+                raise DataError(f"{self.path}: the header has no 'image' column (columns: {_columns(header)})")
             start = reader.line_num + 1
             for row in reader:
                 where, start = f"{self.path}:{start}", reader.line_num + 1
@@ -526,6 +547,12 @@ def _text(value: object, name: str) -> str | None:
     if not text:
         raise _Bad(f"empty {name}")
     return text
+
+
+def _columns(header: list[str], shown: int = 8, width: int = 40) -> str:
+    """The header's first column names, each cut to ``width`` characters, printable."""
+    names = [describe(name[:width] + ("..." if len(name) > width else "")) for name in header[:shown]]
+    return ", ".join(names) + (f" and {len(header) - shown} more" if len(header) > shown else "")
 
 
 def _json_type(value: object) -> str:
