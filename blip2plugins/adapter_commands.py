@@ -39,8 +39,8 @@ def _base_model(model: str) -> str:
         return model
 
 
-def _record(adapter: AdapterVersion, current: bool) -> dict[str, Any]:
-    return {**dataclasses.asdict(adapter), "current": current}
+def _record(adapter: AdapterVersion, current: bool, problem: str | None = None) -> dict[str, Any]:
+    return {**dataclasses.asdict(adapter), "current": current, **({"problem": problem} if problem else {})}
 
 
 def _metrics(adapter: AdapterVersion) -> str:
@@ -58,7 +58,8 @@ def adapters() -> None:
 @click.option("--name", metavar="NAME", help="Only the adapter of this name.")
 @json_option
 def list_command(store: Path | None, model: str | None, name: str | None, as_json: bool) -> None:
-    """List adapter versions, oldest first; `*` marks the version each adapter serves."""
+    """List adapter versions, oldest first; `*` marks the version each adapter serves, `!` one whose
+    base model's MODEL.json is damaged (it still serves; no version can be added until it is fixed)."""
     with one_line_errors(StoreError, OSError):
         adapter_store = AdapterStore(store)
         model = None if model is None else _base_model(model)
@@ -69,6 +70,7 @@ def list_command(store: Path | None, model: str | None, name: str | None, as_jso
                 where = f"base model {model!r}" if model is not None else "any base model"
                 raise StoreError(f"no adapter {name!r} for {where} in {adapter_store.root} (adapters: {known})")
             pairs = [pair for pair in pairs if pair[1] == name]
+        problems = {base_model: adapter_store.model_problem(base_model) for base_model, _ in pairs}
         rows: list[tuple[AdapterVersion, bool]] = []
         for base_model, adapter in pairs:
             try:
@@ -79,12 +81,13 @@ def list_command(store: Path | None, model: str | None, name: str | None, as_jso
             rows += [(version, current is not None and version.version == current.version)
                      for version in adapter_store.versions(base_model, adapter)]
     if as_json:
-        click.echo(json.dumps([_record(version, current) for version, current in rows], indent=2))
+        click.echo(json.dumps([_record(v, current, problems[v.base_model]) for v, current in rows], indent=2))
     elif not rows:
         click.echo(f"blip2: no adapters in {adapter_store.root}", err=True)
     else:
         _table(["", "MODEL", "NAME", "VERSION", "METHOD", "STATUS", "CREATED", "METRICS"], [
-            ["*" if current else "", v.base_model, v.name, v.version, v.method, v.status, v.created, _metrics(v)]
+            [("*" if current else "") + ("!" if problems[v.base_model] else ""), v.base_model, v.name, v.version,
+             v.method, v.status, v.created, _metrics(v)]
             for v, current in rows
         ])
 

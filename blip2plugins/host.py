@@ -37,9 +37,10 @@ from transformers.generation.streamers import BaseStreamer
 
 from . import models, plugins, retrieval
 from .chat import Conversation, room_for_prompt
-from .errors import Blip2Error, OptionError, PluginError
+from .errors import Blip2Error, ModelLoadError, OptionError, PluginError, StoreError
 from .generation import GenerationOptions
 from .images import describe, load_image
+from .store import parse_ref
 from .texts import require_text
 from .types import ImageEmbedding, Result
 
@@ -184,7 +185,7 @@ class Host:
         """
         loaded = models.load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)
         if adapter is not None:
-            models.attach_adapter(loaded, models.find_adapter(loaded, adapter))
+            models.attach_adapter(loaded, _find_adapter(loaded, adapter))
         return cls(loaded, max_batch_size=max_batch_size, max_wait=max_wait, loader_threads=loader_threads,
                    fast_preprocess=fast_preprocess)
 
@@ -558,7 +559,7 @@ class Host:
         Conversations keep the image features they encoded when they started.
         """
         self.loaded.require("caption")
-        folder = None if adapter is None else models.find_adapter(self.loaded, adapter)
+        folder = None if adapter is None else _find_adapter(self.loaded, adapter)
         return self._enqueue(_Swap(folder)).result()
 
     def stats(self) -> dict[str, int]:
@@ -952,6 +953,24 @@ def _raise_first_error(prepared: list[Any]) -> None:
     for outcome in prepared:
         if isinstance(outcome, Blip2Error):
             raise outcome
+
+
+def _find_adapter(loaded: models.LoadedModel, adapter: Any) -> str:
+    """:func:`models.find_adapter`, with one line for what can be neither a folder nor a store
+    reference (not a path, a name longer than the file system takes)."""
+    if not isinstance(adapter, (str, bytes, os.PathLike)):
+        raise ModelLoadError(f"an adapter is a folder or NAME[@VERSION] of the adapter store, got "
+                             f"{type(adapter).__name__}")
+    adapter = os.fsdecode(adapter)
+    try:
+        return models.find_adapter(loaded, adapter)
+    except (OSError, ValueError) as exc:  # no file system takes this name
+        try:
+            parse_ref(adapter)
+            reason = f"{exc.strerror if isinstance(exc, OSError) else exc}"
+        except StoreError as bad:
+            reason = str(bad)
+        raise ModelLoadError(f"adapter {describe(adapter)}: no such folder, and not in the adapter store: {reason}") from None
 
 
 def _spread(value: T | Sequence[T], count: int, what: str) -> list[T]:

@@ -342,16 +342,36 @@ class AdapterStore:
             raise StoreError(f"base model must be a non-empty string, got {_shown(base_model)}")
         return self._checked_root() / model_slug(base_model)
 
-    def _model_name(self, model_dir: Path) -> str | None:
-        """The base model a slug folder holds, or None (with a warning) if its MODEL.json is unreadable."""
+    def model_problem(self, base_model: str) -> str | None:
+        """What is wrong with the MODEL.json of ``base_model``'s folder, if anything: its adapters are
+        still listed and served (each version.json names its base model), but no version can be added."""
+        path = self._model_dir(base_model) / MODEL_FILE
         try:
-            data = _read_json(model_dir / MODEL_FILE)
-            if not isinstance(data.get("base_model"), str) or model_slug(data["base_model"]) != model_dir.name:
-                raise StoreError(f"{model_dir / MODEL_FILE}: base_model does not match the folder name")
+            stored = _read_json(path).get("base_model")
         except StoreError as exc:
-            log.warning("skipping a base model: %s", exc)
-            return None
-        return data["base_model"]
+            return str(exc)
+        return None if stored == base_model else f"{path}: holds base model {_shown(stored)}, not {_shown(base_model)}"
+
+    def _model_name(self, model_dir: Path) -> str | None:
+        """The base model a slug folder holds: its MODEL.json's, else (with a warning) that of a
+        version.json that belongs in this folder, else None (with a warning)."""
+        try:
+            stored = _read_json(model_dir / MODEL_FILE).get("base_model")
+            if isinstance(stored, str) and model_slug(stored) == model_dir.name:
+                return stored
+            problem = f"{model_dir / MODEL_FILE}: base_model does not match the folder name"
+        except StoreError as exc:
+            problem = str(exc)
+        for version_dir in (folder for adapter_dir in _subfolders(model_dir) for folder in _version_dirs(adapter_dir)):
+            try:
+                stored = _read_json(version_dir / VERSION_FILE).get("base_model")
+                if isinstance(stored, str) and model_slug(stored) == model_dir.name:
+                    log.warning("%s; listing its adapters by the base model their versions name", problem)
+                    return stored
+            except StoreError:
+                continue
+        log.warning("skipping a base model: %s", problem)
+        return None
 
     def _existing_adapter(self, base_model: str, name: str) -> Path:
         folder = self._model_dir(base_model) / _check_name(name)

@@ -104,6 +104,18 @@ def test_list_survives_a_corrupt_current(cli: click.Group, store: AdapterStore) 
     assert len(result.stdout.splitlines()) == 4 and "*" not in result.stdout
 
 
+def test_list_shows_and_flags_adapters_whose_model_json_is_damaged(cli: click.Group, store: AdapterStore) -> None:
+    model_json = Path(store.get(BASE, "captions", "1").path).parents[1] / "MODEL.json"
+    for damage in ('{"base_model": "someone else"}', "{"):
+        model_json.write_text(damage)
+        result = invoke(cli, "list", "--store", str(store.root))
+        assert result.exit_code == 0, result.stderr
+        assert [row[:2] for row in result.stdout.splitlines()[1:]] == ["*!", "! ", "  "]  # still served and listed
+        records = json.loads(invoke(cli, "list", "--json", "--store", str(store.root)).stdout)
+        assert [r["problem"].startswith(str(model_json)) for r in records if r["name"] == "captions"] == [True, True]
+        assert "problem" not in records[-1] and store.current(BASE, "captions").version == "v0001"  # type: ignore[union-attr]
+
+
 def test_promote_and_rollback(cli: click.Group, store: AdapterStore) -> None:
     seen: list[AdapterVersion] = []
     plugins.register_plugin(SimpleNamespace(adapter_promoted=hookimpl(lambda adapter: seen.append(adapter))),
@@ -133,6 +145,9 @@ def test_promote_and_rollback(cli: click.Group, store: AdapterStore) -> None:
     (["list", "--model", "opt"], "blip2: no adapters for base model 'opt'"),
     (["list", "--model", "demo", "--name", "captions"], "blip2: no adapter 'captions' for base model 'demo'"),
     (["list", "--name", "Captions"], "(adapters: captions, shapes)"),
+    (["promote", "1" * 5000, "--name", "captions", "--model", BASE],
+     "... (5,002 characters) is not a version id like v0003"),
+    (["promote", "1", "--name", "a" * 300, "--model", BASE], "blip2: adapter name 'aaaaaaaaaaaa"),
 ])
 def test_errors_are_one_line_and_exit_1(cli: click.Group, store: AdapterStore, args: list[str], message: str) -> None:
     result = invoke(cli, *args, "--store", str(store.root))

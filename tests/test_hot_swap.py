@@ -196,3 +196,19 @@ def test_a_hostile_adapter_config_is_one_line(tiny_opt, tmp_path, config, reason
     with pytest.raises(ModelLoadError, match=re.escape(reason)) as caught:
         artifacts.attach(model, bad)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("adapter", "reason"), [
+    ("base@" + "1" * 4400, "(4,402 characters) is not a version id like v0003"),
+    ("x" * 300, "adapter name 'xxxxxxxx"),
+    ("a\x00b", "adapter name 'a\\x00b' must be"),
+    (5, "got int"),
+], ids=["4400-digit-version", "300-char-name", "nul", "int"])
+def test_adapter_references_that_name_nothing_are_one_line(tiny_opt, tmp_path, monkeypatch, adapter, reason) -> None:
+    monkeypatch.setenv("BLIP2_ADAPTER_STORE", str(tmp_path))
+    with Host.load(str(tiny_opt)) as host:
+        before = (exact(host), host.model_version)
+        with pytest.raises(ModelLoadError) as caught:
+            host.use_adapter(adapter)
+        assert reason in str(caught.value) and "\n" not in str(caught.value) and len(str(caught.value)) < 600
+        assert (exact(host), host.model_version) == before
