@@ -53,8 +53,9 @@ def test_hostile_metadata_is_one_line_naming_the_file(store: AdapterStore, file:
     path = {"version.json": adapter_dir / "v0001" / file, "CURRENT": adapter_dir / file,
             "MODEL.json": adapter_dir.parent / file}[file]
     path.write_bytes(content)
-    if file == "MODEL.json":  # an unreadable MODEL.json hides the model from the listing, and refuses adds
-        assert store.names() == []
+    if file == "MODEL.json":  # its adapters still list (by their version.json) and serve; adds are refused
+        assert store.names() == [(BASE, NAME)] and store.current(BASE, NAME).version == "v0001"  # type: ignore[union-attr]
+        assert reason in store.model_problem(BASE)  # type: ignore[operator]
         with pytest.raises(StoreError) as caught:
             add(store)
     else:
