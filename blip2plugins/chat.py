@@ -27,7 +27,8 @@ def render_chat(loaded: LoadedModel, turns: Sequence[tuple[str, str]], question:
     Turns use the family's template (OPT: ``"Question: q1 Answer: a1. Question: q2 Answer:"``), after
     the optional ``system`` preamble. The oldest turns are dropped until the prompt fits the language
     model's context with, when ``image`` is true, the image's query tokens and, for a decoder-only
-    model, ``max_new_tokens``. Raises :class:`OptionError` when even the question alone does not fit.
+    model, ``max_new_tokens``. Raises :class:`OptionError` when even the question alone (after the
+    ``system`` preamble) does not fit.
     """
     budget = loaded.prompt_budget(image=image, max_new_tokens=max_new_tokens)
     tokenizer = loaded.processor.tokenizer
@@ -36,10 +37,10 @@ def render_chat(loaded: LoadedModel, turns: Sequence[tuple[str, str]], question:
     preamble = f"{system.strip()} " if system and system.strip() else ""
     for start in range(len(turns) + 1):
         text = preamble + loaded.family.render_chat(list(turns[start:]), question)
-        if len(tokenizer(text).input_ids) <= budget:
+        if (length := len(tokenizer(text).input_ids)) <= budget:
             return text
-    room = room_for_prompt(loaded, image, max_new_tokens)
-    raise OptionError(f"question too long: with the system text it does not fit; {room}")
+    context = "with the system text" if preamble else "alone"
+    raise OptionError(f"question too long: {length} tokens {context}; {room_for_prompt(loaded, image, max_new_tokens)}")
 
 
 def room_for_prompt(loaded: LoadedModel, image: bool, max_new_tokens: int) -> str:

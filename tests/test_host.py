@@ -113,6 +113,15 @@ def test_chat_history_is_trimmed_from_the_oldest_turn(hosts):
     assert conversation.ask("last?").ok
 
 
+def test_a_question_too_long_says_whether_the_system_text_counts(hosts):
+    host = hosts["opt"]
+    question = "why " * 200 + "?"
+    for system, context in ((None, "alone"), ("  ", "alone"), ("Answer briefly.", "with the system text")):
+        with pytest.raises(OptionError, match=rf"question too long: \d+ tokens {context}; the model's"):
+            host.chat(scene(0), system=system).prompt(question)
+    assert host.chat(None, system="Be brief.").prompt("why?").startswith("Be brief. ")
+
+
 def test_beams_sampling_and_n_captions(hosts, tiny_opt):
     host = hosts["opt"]
     image = scene(2)
