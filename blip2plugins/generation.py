@@ -138,19 +138,21 @@ def _check_type(name: str, value: Any, kind: type) -> Any:
             return value
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if value.bit_length() > 64:  # beyond every range below (and too long to print)
+                raise OptionError(f"{name} must be a whole number of at most 64 bits, got one of {value.bit_length():,} bits")
             return value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             return float(value)
         except OverflowError:  # an int beyond any float
             raise OptionError(f"{name} must be a finite number, got an int of {value.bit_length():,} bits") from None
-    raise OptionError(f"{name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    raise OptionError(f"{name} must be {kind.__name__}, got {type(value).__name__} {_shown(value)}")
 
 
 def _stop_strings(name: str, value: Any) -> tuple[str, ...]:
     items: Sequence[Any] = (value,) if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
-        raise OptionError(f"{name} must be a non-empty string or a list of non-empty strings, got {value!r}")
+        raise OptionError(f"{name} must be a non-empty string or a list of non-empty strings, got {_shown(value)}")
     return tuple(dict.fromkeys(items))
 
 
@@ -169,3 +171,12 @@ def _range(name: str, value: float, low: float, high: float, why: str = "") -> N
     if not low <= value <= high:
         reason = f" ({why})" if why and value < low else ""
         raise OptionError(f"{name} must be between {low:g} and {high:g}, got {value}{reason}")
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (a value holding a huge int: its type)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4,300 digits
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

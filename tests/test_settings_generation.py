@@ -31,6 +31,10 @@ from blip2plugins.host import Host
     ({"num_beams": 2, "length_penalty": -1e308}, "length_penalty must be between -10 and 10"),
     ({"do_sample": True, "temperature": 10**5000}, "temperature must be a finite number, got an int of 16,610 bits"),
     ({"length_penalty": 2**1100}, "length_penalty must be a finite number, got an int of 1,101 bits"),
+    ({"max_new_tokens": 10**5000}, "max_new_tokens must be a whole number of at most 64 bits, got one of 16,610 bits"),
+    ({"do_sample": True, "seed": -(10**5000)}, "seed must be a whole number of at most 64 bits"),
+    ({"do_sample": True, "top_p": "x" * 10**6}, r"top_p must be float, got str 'x+\.\.\.$"),
+    ({"stop": [10**5000]}, "stop must be a non-empty string or a list of non-empty strings, got <list>$"),
 ])
 def test_settings_that_would_fail_or_empty_the_batch_are_refused(options, message) -> None:
     with pytest.raises(OptionError, match=message):
