@@ -8,9 +8,10 @@ import json
 import logging
 import re
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval, Blip2Processor
@@ -18,6 +19,7 @@ from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2ForIma
 from . import artifacts
 from .errors import ModelLoadError, StoreError
 from .families import Family, family_of
+from .jsonfile import JSONReadError, load_file
 from .presets import resolve
 from .types import GENERATION_TASKS, RETRIEVAL_TASKS, ModelPreset
 
@@ -203,11 +205,11 @@ def _load(model: str, *, device: str, dtype: str, quantize: str | None, retrieva
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if quantization is not None:
         kwargs.update(quantization_config=quantization, device_map={"": str(dev)})
-    try:
+    config = _config(preset)
+    _check_config(config, preset, generation=True)
+    with _loading(f"model {preset.name!r}", preset.source):
         processor = Blip2Processor.from_pretrained(preset.source)
-        net = Blip2ForConditionalGeneration.from_pretrained(preset.source, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load model {preset.name!r} from {preset.source}: {exc}") from None
+        net = Blip2ForConditionalGeneration.from_pretrained(preset.source, config=config, **kwargs)
     if quantization is None:
         net = net.to(dev)
     elif quantize == "4bit" and dev.type == "cpu":
@@ -259,19 +261,89 @@ def _is_retrieval(preset: ModelPreset) -> bool:
     """Whether ``preset`` is a retrieval checkpoint: its preset says so, or its config's architecture does."""
     if preset.kind != "generation":
         return preset.kind == "retrieval"
+    return "Blip2ForImageTextRetrieval" in (_config(preset).architectures or ())
+
+
+def _config(preset: ModelPreset) -> Blip2Config:
+    """The checkpoint's config; a local ``config.json`` is read with :mod:`jsonfile` first (deep
+    nesting, huge numbers), and any config transformers refuses is one :class:`ModelLoadError`."""
+    local = Path(preset.source) / "config.json"
+    if local.is_file():
+        try:
+            raw = load_file(local)
+        except JSONReadError as exc:
+            raise ModelLoadError(f"could not load model {preset.name!r}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"could not load model {preset.name!r}: {local} is not a JSON object")
+    with _loading(f"model {preset.name!r}", preset.source):
+        return Blip2Config.from_pretrained(preset.source)
+
+
+def _check_config(config: Blip2Config, preset: ModelPreset, *, generation: bool) -> None:
+    """Refuse sizes no BLIP-2 can have (transformers would divide by zero or fail on the weights)."""
+    parts = [("vision_config", config.vision_config), ("qformer_config", config.qformer_config)]
+    if generation:
+        parts.append(("text_config", config.text_config))
+    problems = [f"num_query_tokens must be >= 1, got {config.num_query_tokens}"] if config.num_query_tokens < 1 else []
+    for part, sub in parts:
+        for key in ("hidden_size", "num_attention_heads", "vocab_size", "image_size", "patch_size", "d_model", "num_heads"):
+            value = getattr(sub, key, None)
+            if isinstance(value, int) and value < 1:
+                problems.append(f"{part}.{key} must be >= 1, got {value}")
+    vision = config.vision_config
+    if not problems and vision.patch_size > vision.image_size:
+        problems.append(f"vision_config.patch_size ({vision.patch_size}) exceeds image_size ({vision.image_size})")
+    if not problems and vision.hidden_size % vision.num_attention_heads:
+        problems.append(f"vision_config.hidden_size ({vision.hidden_size}) is not a multiple of num_attention_heads "
+                        f"({vision.num_attention_heads})")
+    if problems:
+        raise ModelLoadError(f"could not load model {preset.name!r} from {preset.source}: config.json: {problems[0]}")
+
+
+@contextmanager
+def _loading(what: str, source: str) -> Iterator[None]:
+    """Any failure of transformers to read a checkpoint (a bad config value, a damaged tokenizer or
+    weights file) as one :class:`ModelLoadError` line naming it and the folder or hub id."""
+    mismatches = _Mismatches()
+    report = logging.getLogger("transformers.modeling_utils")  # where the load report is logged
+    report.addFilter(mismatches)
     try:
-        config = Blip2Config.from_pretrained(preset.source)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load model {preset.name!r} from {preset.source}: {exc}") from None
-    return "Blip2ForImageTextRetrieval" in (config.architectures or ())
+        yield
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers fails in many ways on damaged files
+        text = str(exc)
+        if "ignore_mismatched_sizes" in text:
+            text = f"the weights do not have the sizes config.json gives ({mismatches.first})"
+        reason = " ".join(text.split()) or type(exc).__name__
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        raise ModelLoadError(f"could not load {what} from {source}: {reason}") from None
+    finally:
+        report.removeFilter(mismatches)
+
+
+class _Mismatches(logging.Filter):
+    """Holds back transformers' multi-line load report when it lists weights of the wrong size (the load
+    then fails, and :func:`_loading` names the first of them in its one line)."""
+
+    first = "?"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = [line for line in record.getMessage().splitlines() if "| MISMATCH" in line]
+        if not lines:
+            return True
+        match = re.search(r"^(\S+).*ckpt: torch\.Size\((\[.*?\])\) vs model: ?torch\.Size\((\[.*?\])\)", lines[0])
+        self.first = (f"{match.group(1)}: {match.group(2)} in the weights, {match.group(3)} from config.json"
+                      if match else " ".join(lines[0].split()))
+        return False
 
 
 def _load_retrieval(preset: ModelPreset, device: torch.device, dtype: torch.dtype) -> RetrievalModel:
-    try:
+    config = _config(preset)
+    _check_config(config, preset, generation=False)
+    with _loading(f"retrieval model {preset.name!r}", preset.source):
         processor = Blip2Processor.from_pretrained(preset.source)
-        net = Blip2ForImageTextRetrieval.from_pretrained(preset.source, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load retrieval model {preset.name!r} from {preset.source}: {exc}") from None
+        net = Blip2ForImageTextRetrieval.from_pretrained(preset.source, config=config, dtype=dtype)
     net = net.to(device).eval()
     size, expected = processor.image_processor.size, net.config.vision_config.image_size
     if (size.get("height"), size.get("width")) != (expected, expected):

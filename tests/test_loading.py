@@ -79,3 +79,46 @@ def test_lora_adapter_changes_output_and_model_version(tiny_opt, fp32, tmp_path)
     assert result.model_version.startswith(f"{tiny_opt.name}+shapes-lora@")
     assert result.model_version != fp32.model_version
     assert (result.text, result.score) != (fp32.text, fp32.score)
+
+
+def _damaged_demo(tmp_path: Path, edit) -> str:
+    import json
+    import shutil
+
+    from blip2plugins.demo import MODEL_DIR
+
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder, ignore=shutil.ignore_patterns("retrieval"))
+    config = folder / "config.json"
+    if isinstance(edit, str):
+        config.write_text(edit)
+    else:
+        raw = json.loads(config.read_text())
+        for key, value in edit.items():
+            raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+        config.write_text(json.dumps(raw))
+    return str(folder)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"vision_config": "nope"}, "Field 'vision_config' with value 'nope' doesn't match any type"),
+    ({"num_query_tokens": "8"}, "Field 'num_query_tokens' expected int, got str"),
+    ({"vision_config": {"patch_size": 0}}, "config.json: vision_config.patch_size must be >= 1, got 0"),
+    ({"vision_config": {"image_size": 0}}, "config.json: vision_config.image_size must be >= 1, got 0"),
+    ({"vision_config": {"hidden_size": -64}}, "config.json: vision_config.hidden_size must be >= 1, got -64"),
+    ({"vision_config": {"hidden_size": 63}}, r"vision_config.hidden_size \(63\) is not a multiple of num_attention_heads"),
+    ({"num_query_tokens": 0}, "config.json: num_query_tokens must be >= 1, got 0"),
+    ({"text_config": {"vocab_size": 0}}, "config.json: text_config.vocab_size must be >= 1, got 0"),
+    ({"vision_config": {"patch_size": 16}}, r"the weights do not have the sizes config.json gives \(vision_model\.embeddings\."),
+    ("[" * 100_000 + "]" * 100_000, r"config.json: nested more than 64 levels deep"),
+    ('{"num_query_tokens": ' + "9" * 5000 + "}", "config.json: a number of 5,000 digits"),
+    ("[1, 2]", "config.json is not a JSON object"),
+])
+def test_a_bad_config_json_is_one_line_naming_the_folder(tmp_path, capfd, edit, message) -> None:
+    folder = _damaged_demo(tmp_path, edit)
+    with pytest.raises(ModelLoadError, match=message) as caught:
+        Host.load(folder, device="cpu", retrieval=False)
+    text = str(caught.value)
+    assert "\n" not in text and len(text) < 600 and "model 'model'" in text
+    assert folder in text or "config.json" in text
+    assert "LOAD REPORT" not in capfd.readouterr().err  # transformers' multi-line report is held back
