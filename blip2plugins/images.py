@@ -261,6 +261,8 @@ def _decode(loaded: _Decodable, description: str, limits: ImageLimits, draft: tu
         except Exception as exc:
             raise ImageError(description, "truncated or corrupt image") from exc
     width, height = image.size
+    if not width or not height:
+        raise ImageError(description, f"empty image ({width}x{height})")
     if width * height > limits.max_pixels:
         raise ImageError(description, f"too many pixels ({width}x{height} > limit {limits.max_pixels})")
     if draft is not None and image.format == "JPEG" and not isinstance(loaded, Image.Image):

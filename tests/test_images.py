@@ -577,3 +577,9 @@ def test_http_images_from_one_server_reuse_a_connection():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 5), (5, 0)])
+def test_an_empty_image_is_refused(size: tuple[int, int]) -> None:
+    with pytest.raises(ImageError, match=rf"^<PIL image>: empty image \({size[0]}x{size[1]}\)$"):
+        load_image(Image.new("RGB", size))
