@@ -20,7 +20,8 @@ from test_training import examples, tiny
 @pytest.mark.parametrize("settings, message", [
     ({"lora_dropout": math.nan}, r"lora_dropout must be a finite number in \[0, 1\), got nan"),
     ({"lora_dropout": 1.0}, r"lora_dropout must be a finite number in \[0, 1\), got 1.0"),
-    ({"lora_rank": 0}, "lora_rank must be >= 1, got 0"),
+    ({"lora_rank": 0}, "lora_rank must be between 1 and 4096, got 0"),
+    ({"lora_rank": 10**9}, "lora_rank must be between 1 and 4096, got 1000000000"),
     ({"lora_alpha": math.nan}, "lora_alpha must be a whole number, got float nan"),
     ({"weight_decay": math.inf}, "weight_decay must be a finite number >= 0, got inf"),
     ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0, got -0.1"),

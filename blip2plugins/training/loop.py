@@ -37,6 +37,9 @@ from .collate import AUGMENTATIONS, Collator, Example
 from .methods import METHODS, apply_method, count_parameters
 
 EvalFn = Callable[[torch.nn.Module], Mapping[str, float]]
+#: The width of the widest BLIP-2 language model's layers (OPT-6.7b, FlanT5-XXL): a LoRA rank beyond it
+#: adapts nothing more, and one of 10**9 would ask for terabytes.
+MAX_LORA_RANK = 4096
 _STATE = "trainer_state.json"
 
 
@@ -81,8 +84,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise OptionError(f"unknown training method {self.method!r}: expected one of {sorted(METHODS)}")
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "lora_rank", "lora_alpha"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "lora_alpha"):
             checks.whole(name, getattr(self, name), 1)
+        checks.whole("lora_rank", self.lora_rank, 1, MAX_LORA_RANK)
         for name in ("warmup", "num_workers", "eval_every", "checkpoint_every"):
             checks.whole(name, getattr(self, name), 0)
         checks.whole("seed", self.seed, 0, checks.MAX_SEED)
