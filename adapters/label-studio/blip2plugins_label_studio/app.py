@@ -47,6 +47,7 @@ from .errors import LabelConfigError, RequestError, SettingsError
 from .ids import Id, TaskId, is_id
 from .labels import LabelStore, label_from
 from .logs import failure
+from .lru import LRU
 from .metrics import ROUTES, Metrics
 from .predict import predict
 from .schema import LabelConfig, parse_label_config
@@ -61,6 +62,9 @@ _PROJECT = re.compile(r"([0-9]{1,18})(?:\.[0-9]{1,30})?")
 _PARSE_INLINE = 1024 * 1024  # larger bodies are parsed in a worker thread, not on the event loop
 _LABEL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
 _DELETE_EVENTS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
+MAX_PROJECTS = 1000  # projects whose labeling config (from /setup) and access check are remembered
+_ACCESS_TIMEOUT = 2.0  # seconds /setup waits for Label Studio to confirm the backend's credentials (it gives 3)
+_ACCESS_CHECKED = 60.0  # seconds a confirmed access holds before /setup asks again
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -169,7 +173,9 @@ class Backend:
         self.client = client or LabelStudioClient.from_settings(settings)
         self.generating = anyio.CapacityLimiter(settings.max_predictions)
         self.trainer = Trainer(settings, on_done=self._trained)
-        self.configs: dict[str, str] = {}  # project -> the labeling config of its last /setup
+        self.configs: LRU[str, str] = LRU(MAX_PROJECTS)  # project -> the labeling config of its last /setup
+        self._access_ok: LRU[str, float] = LRU(MAX_PROJECTS)  # project -> until when its last access check holds
+        self.access_error: str | None = None  # the last failed access check, shown by /health
 
     def start(self) -> None:
         self.serving.start()
@@ -189,6 +195,27 @@ class Backend:
     def close(self) -> None:
         self.trainer.close()
         self.serving.close()
+
+    async def access_problem(self, project: str) -> str | None:
+        """Why the backend cannot use Label Studio for ``project`` (its URL, key, access), or None.
+
+        A success is remembered for :data:`_ACCESS_CHECKED` seconds; a failure is asked again next time.
+        """
+        if time.monotonic() < self._access_ok.get(project, 0.0):
+            return None
+        try:
+            with anyio.fail_after(_ACCESS_TIMEOUT):
+                await self.client.check_access(project)
+        except TimeoutError:
+            problem = f"Label Studio did not answer within {_ACCESS_TIMEOUT:g} s at {self.client.url} (LABEL_STUDIO_URL)"
+        except Blip2Error as exc:
+            problem = f"the backend cannot use Label Studio's API: {exc}"
+        else:
+            self._access_ok[project] = time.monotonic() + _ACCESS_CHECKED
+            self.access_error = None
+            return None
+        self.access_error = problem
+        return problem
 
     def labels(self, project: str) -> LabelStore:
         return LabelStore(self.settings.projects_dir / project)
@@ -220,6 +247,8 @@ async def health(request: Request) -> Response:
             "ready": serving.state == "ready", "pid": os.getpid()}
     if serving.load_seconds is not None:
         body["load_seconds"] = round(serving.load_seconds, 2)
+    if backend.access_error is not None:
+        body["label_studio_error"] = backend.access_error
     if serving.state == "failed":
         return JSONResponse({**body, "status": "DOWN", "error": serving.error}, status_code=503)
     return JSONResponse(body)
@@ -238,6 +267,12 @@ async def setup(request: Request) -> Response:
             # URL". It follows redirects, so the reason travels in the URL it shows.
             return RedirectResponse(f"/setup/refused/{_slug(str(exc))}", status_code=303)
         raise
+    problem = await backend.access_problem(project)
+    if problem is not None:
+        log.error("project %s: setup refused: %s", project, problem)
+        if request.headers.get("user-agent", "").startswith(LABEL_STUDIO_AGENT):
+            return RedirectResponse(f"/setup/refused/{_slug(problem)}", status_code=303)
+        raise RequestError(problem, 422)
     backend.configs[project] = body.schema_
     version = await run_in_threadpool(backend.serving.model_version, project)
     log.info("project %s: setup, model version %s", project, version)

@@ -30,6 +30,7 @@ from blip2plugins.errors import ImageError
 from blip2plugins.jsonfile import MAX_FILE_BYTES, JSONReadError, loads
 from blip2plugins.types import ImageLimits
 
+from .cache import ImageCache
 from .errors import LabelStudioError
 from .ids import is_id
 
@@ -41,8 +42,11 @@ MAX_REDIRECTS = 5
 _REFRESH_PATH = "/api/token/refresh/"
 _EARLY = 30.0  # renew an access token this many seconds before it expires
 _RETRY_AFTER = 5.0  # a refused renewal is not asked again for this many seconds (one batch asks once)
+_PAGE = 500  # tasks per page of the task list
 _SMALL_ANSWER = 1024 * 1024  # the token renewal's answer
 _USER_AGENT = "blip2plugins-label-studio"
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})  # one host, however spelled
+_NETWORK_ERRORS = (httpx2.HTTPError, httpx2.InvalidURL)  # InvalidURL (e.g. a NUL in the path) is no HTTPError
 
 
 def is_personal_token(key: str) -> bool:
@@ -66,7 +70,7 @@ class LabelStudioClient:
     """Fetches task images and project exports from one Label Studio instance, on one event loop at a time."""
 
     def __init__(self, url: str | None, api_key: str | None, *, allow_hosts: Iterable[str] = (),
-                 limits: ImageLimits | None = None, max_downloads: int = 16,
+                 limits: ImageLimits | None = None, max_downloads: int = 16, cache_bytes: int = 64 * 1024 * 1024,
                  transport: httpx2.AsyncBaseTransport | None = None) -> None:
         self.url = url.rstrip("/") if url else None
         self._origin = _origin(_split(self.url)) if self.url else None
@@ -78,6 +82,7 @@ class LabelStudioClient:
         self._refusal: tuple[ImageError, float] | None = None
         self._lock = anyio.Lock()
         self._slots = anyio.CapacityLimiter(max_downloads)
+        self._cache = ImageCache(cache_bytes)
         timeout = httpx2.Timeout(self.limits.read_timeout, connect=self.limits.connect_timeout)
         self._http = httpx2.AsyncClient(timeout=timeout, transport=transport, headers={"User-Agent": _USER_AGENT})
 
@@ -110,19 +115,25 @@ class LabelStudioClient:
             return load_data_uri(ref, self.limits)
         url, ours = self.resolve(ref, task_id)
         where, seconds = describe_url(url), self.limits.download_timeout
+        cached = self._cache.get(url)
         async with self._slots:
             try:
                 with anyio.fail_after(seconds):
-                    response = await self._get(url, ours, "image/*, */*;q=0.5")
+                    response = await self._get(url, ours, "image/*, */*;q=0.5", cached.validators() if cached else {})
                     try:
+                        if response.status_code == 304 and cached is not None:
+                            return cached.data
                         if not response.is_success:
+                            self._cache.drop(url)
                             raise ImageError(where, f"HTTP {response.status_code}{_hint(response.status_code, ours)}")
-                        return await _read(response, where, self.limits.max_bytes)
+                        data = await _read(response, where, self.limits.max_bytes)
+                        self._cache.put(url, response.headers, data)
+                        return data
                     finally:
                         await response.aclose()
             except TimeoutError:
                 raise ImageError(where, f"timed out (the download took longer than {seconds:g} s)") from None
-            except httpx2.HTTPError as exc:
+            except _NETWORK_ERRORS as exc:
                 raise ImageError(where, _network_reason(exc)) from None
 
     @staticmethod
@@ -149,7 +160,7 @@ class LabelStudioClient:
 
     def _ours(self, parts: urllib.parse.SplitResult, url: str) -> bool:
         """True for a URL on Label Studio, False for an allow-listed host; :class:`ImageError` for others."""
-        if self._origin is not None and _origin(parts) == self._origin:
+        if self._origin is not None and _same_origin(_origin(parts), self._origin):
             return True
         host = (parts.hostname or "").lower()
         port_host = f"{host}:{parts.port}" if parts.port else host
@@ -167,26 +178,71 @@ class LabelStudioClient:
 
     async def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         """``GET`` a Label Studio API path with credentials; :class:`LabelStudioError` on failure."""
+        return await self._api("GET", path, params)
+
+    async def post_json(self, path: str, params: dict[str, Any] | None = None, body: Any = None,
+                        timeout: float | None = None) -> Any:
+        """``POST`` JSON to a Label Studio API path with credentials; :class:`LabelStudioError` on failure."""
+        return await self._api("POST", path, params, body, timeout)
+
+    async def _api(self, method: str, path: str, params: dict[str, Any] | None, body: Any = None,
+                   timeout: float | None = None) -> Any:
         if self.url is None:
             raise LabelStudioError("LABEL_STUDIO_URL is not set, so Label Studio's API cannot be reached")
-        url, what = self.url + path, f"GET {path}"
+        url, what = self.url + path, f"{method} {path}"
         try:
-            response = await self._get(url, True, "application/json", params)
+            if method == "GET":
+                response = await self._get(url, True, "application/json", params=params)
+            else:
+                response = await self._send(url, True, {"Accept": "application/json"}, params, method, body, timeout)
             try:
                 if not response.is_success:
                     raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} to {what}"
                                            f"{_hint(response.status_code, True)}")
-                body = await _read(response, describe_url(url), MAX_FILE_BYTES)
+                raw = await _read(response, describe_url(url), MAX_FILE_BYTES)
             finally:
                 await response.aclose()
         except ImageError as exc:
             raise LabelStudioError(f"{what}: {exc}") from None
-        except httpx2.HTTPError as exc:
+        except _NETWORK_ERRORS as exc:
             raise LabelStudioError(f"{what}: {_network_reason(exc)}") from None
         try:
-            return _json(body, response)
+            return _json(raw, response) if raw.strip() else None
         except ValueError as exc:
             raise LabelStudioError(f"{what}: {exc}") from None
+
+    async def check_access(self, project_id: int | str) -> None:
+        """Whether the backend's credentials reach the project: :class:`LabelStudioError` saying why not
+        (nothing to check without ``LABEL_STUDIO_URL``: then only data URIs and allow-listed hosts are used)."""
+        if self.url is None:
+            return
+        if not self._key:
+            raise LabelStudioError("LABEL_STUDIO_API_KEY is not set: the backend cannot fetch task images from "
+                                   "Label Studio (give it a personal access token: Account & Settings)")
+        await self.get_json(f"/api/projects/{project_id}", {"fields": "id"})
+
+    async def unlabeled_task_ids(self, project_id: int | str) -> list[int]:
+        """The ids of the project's tasks that have no annotation (cancelled ones count as none)."""
+        found: list[int] = []
+        seen, page = 0, 1
+        while True:
+            answer = await self.get_json("/api/tasks", {"project": project_id, "page": page, "page_size": _PAGE,
+                                                       "fields": "task_only"})
+            tasks = answer.get("tasks") if isinstance(answer, dict) else None
+            if not isinstance(tasks, list):
+                raise LabelStudioError(f"the task list of project {project_id} is {shape(answer)}, not tasks")
+            found += [t["id"] for t in tasks if isinstance(t, dict) and is_id(t.get("id"), low=0)
+                      and t.get("total_annotations") == 0]
+            seen, page = seen + len(tasks), page + 1
+            total = answer.get("total")
+            if len(tasks) < _PAGE or not isinstance(total, int) or seen >= total:  # past the end is a 404
+                return found
+
+    async def retrieve_predictions(self, project_id: int | str, task_ids: list[int], timeout: float = 600.0) -> None:
+        """Label Studio's *Retrieve predictions* (a Data Manager action) on ``task_ids``: it asks the backend's
+        ``/predict`` for them and stores what comes back."""
+        await self.post_json("/api/dm/actions", {"id": "retrieve_tasks_predictions", "project": project_id},
+                             {"selectedItems": {"all": False, "included": task_ids}}, timeout)
 
     async def labeled_tasks(self, project_id: int | str) -> list[Any]:
         """Every task of the project that has annotations, with them (the JSON export)."""
@@ -198,11 +254,12 @@ class LabelStudioClient:
 
     # -- transport and credentials ----------------------------------------------------------------
 
-    async def _get(self, url: str, ours: bool, accept: str, params: dict[str, Any] | None = None) -> httpx2.Response:
-        """``GET url`` (streamed), following redirects whose targets may be fetched; credentials go to
-        Label Studio only, and only while every hop so far was Label Studio's."""
+    async def _get(self, url: str, ours: bool, accept: str, extra: dict[str, str] | None = None,
+                   params: dict[str, Any] | None = None) -> httpx2.Response:
+        """``GET url`` (streamed; ``extra`` headers on the first hop), following redirects whose targets may be
+        fetched; credentials go to Label Studio only, and only while every hop so far was Label Studio's."""
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._send(url, ours, accept, params)
+            response = await self._send(url, ours, {"Accept": accept, **(extra or {})}, params)
             location = response.headers.get("Location") if response.is_redirect else None
             if location is None:
                 return response
@@ -215,17 +272,19 @@ class LabelStudioClient:
                 ours = self._ours(parts, target) and ours
             except ImageError as exc:
                 raise ImageError(describe_url(url), f"redirected to {exc}") from None
-            url, params = target, None
+            url, params, extra = target, None, None
         raise ImageError(describe_url(url), f"more than {MAX_REDIRECTS} redirects")
 
-    async def _send(self, url: str, ours: bool, accept: str, params: dict[str, Any] | None) -> httpx2.Response:
+    async def _send(self, url: str, ours: bool, headers: dict[str, str], params: dict[str, Any] | None,
+                    method: str = "GET", body: Any = None, timeout: float | None = None) -> httpx2.Response:
         """One request; Label Studio's get credentials, renewed once on a 401."""
         for attempt in (0, 1):
-            headers = {"Accept": accept, **(await self._credentials(renew=attempt == 1) if ours else {})}
+            sent = {**headers, **(await self._credentials(renew=attempt == 1) if ours else {})}
             try:
-                request = self._http.build_request("GET", url, headers=headers, params=params)
+                request = self._http.build_request(method, url, headers=sent, params=params, json=body,
+                                                   timeout=timeout if timeout is not None else httpx2.USE_CLIENT_DEFAULT)
                 response = await self._http.send(request, stream=True)
-            except httpx2.HTTPError as exc:
+            except _NETWORK_ERRORS as exc:
                 raise ImageError(describe_url(url), _network_reason(exc)) from None
             if response.status_code == 401 and ours and self._personal and attempt == 0:
                 await response.aclose()
@@ -270,7 +329,7 @@ class LabelStudioClient:
                 body = await _read(response, where, _SMALL_ANSWER)
             finally:
                 await response.aclose()
-        except httpx2.HTTPError as exc:
+        except _NETWORK_ERRORS as exc:
             raise ImageError(where, f"cannot renew the access token: {_network_reason(exc)}") from None
         if not response.is_success:
             raise ImageError(where, f"Label Studio refused to renew the access token from LABEL_STUDIO_API_KEY "
@@ -343,6 +402,11 @@ def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
 
 
+def _same_origin(a: tuple[str, str, int | None], b: tuple[str, str, int | None]) -> bool:
+    """Equal origins, the loopback spellings (localhost, 127.0.0.1, ::1) counting as one host."""
+    return a == b or (a[0] == b[0] and a[2] == b[2] and a[1] in _LOOPBACK and b[1] in _LOOPBACK)
+
+
 def _jwt_part(token: str, index: int) -> dict[str, Any]:
     """The decoded JSON of one part of a JWT (not verified: the server does that), or ``{}``."""
     pieces = token.split(".")
@@ -362,7 +426,7 @@ def _hint(status: int, ours: bool) -> str:
     return ""
 
 
-def _network_reason(exc: httpx2.HTTPError) -> str:
+def _network_reason(exc: Exception) -> str:
     if isinstance(exc, httpx2.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx2.InvalidURL):

@@ -17,6 +17,7 @@ ROUTES = ("/health", "/setup", "/predict", "/webhook", "/versions", "/metrics")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TRAIN_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 3600, 7200)
+MAX_PROJECT_LABELS = 100  # projects with a series of their own in the model-version gauge; later ones are "other"
 
 
 def multiprocess_dir() -> str | None:
@@ -51,7 +52,10 @@ class Metrics:
         self._versions: dict[str, str] = {}
 
     def serving(self, project: str, model_version: str) -> None:
-        """Record the version served for ``project`` (the previous one's series drops to 0)."""
+        """Record the version served for ``project`` (the previous one's series drops to 0); past
+        :data:`MAX_PROJECT_LABELS` projects, new ones share the series of project ``"other"``."""
+        if project not in self._versions and len(self._versions) >= MAX_PROJECT_LABELS:
+            project = "other"
         previous = self._versions.get(project)
         if previous == model_version:
             return

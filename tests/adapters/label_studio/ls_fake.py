@@ -53,6 +53,8 @@ class FakeLabelStudio:
             return httpx2.Response(200, content=data) if data is not None else httpx2.Response(404)
         if path.endswith("/export"):
             return httpx2.Response(200, json=self.export)
+        if path.startswith("/api/projects/"):
+            return httpx2.Response(200, json={"id": int(path.split("/")[3])})
         return httpx2.Response(404)
 
 
