@@ -28,6 +28,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import stat
 import struct
 import sys
 import threading
@@ -41,8 +43,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from . import jsonfile
 from .errors import ImageError, IndexFileError, OptionError
-from .files import exclusive_lock, write_atomic
+from .files import exclusive_lock, remove_stale_temps, sibling, write_atomic
 from .images import describe, expand_folders, is_image_file
 from .types import ImageEmbedding
 
@@ -60,6 +63,9 @@ __all__ = ["FORMAT_VERSION", "Hit", "ImageIndex", "IndexReport", "add_images", "
 MAGIC = b"BLIP2IDX"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIQ32s")  # magic, format version, header length, header SHA-256
+_MAX_DIM = 1 << 16  # dim and queries: ViT-g's Q-Former has 32 queries of 256
+_MAX_ID = 1 << 40  # image ids: a vector id (image id * queries + q) must fit FAISS's int64
+_LONE_LOW_SURROGATE = re.compile(rb"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][cC]")
 
 
 @dataclass
@@ -110,12 +116,13 @@ def _one_thread() -> Iterator[None]:
 @contextmanager
 def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold the exclusive lock of the index file at ``path`` (an ``fcntl`` lock on ``.NAME.lock`` beside it,
-    as the adapter store locks itself), waiting for it: take it around each load-modify-save so that
-    concurrent updates all survive. Raises :class:`IndexFileError` when the lock file cannot be opened."""
+    as the adapter store locks itself; ``NAME`` is hashed when too long for a file name), waiting for it:
+    take it around each load-modify-save so that concurrent updates all survive. Raises
+    :class:`IndexFileError` when the lock file cannot be opened."""
     target = Path(path)
     with ExitStack() as held:
         try:
-            held.enter_context(exclusive_lock(target.with_name(f".{target.name}.lock")))
+            held.enter_context(exclusive_lock(sibling(target, ".lock")))
         except OSError as exc:
             raise IndexFileError(f"index {target}: cannot lock: {exc.strerror or exc}") from None
         yield
@@ -211,13 +218,18 @@ class ImageIndex:
             self.updated = _now()
 
     def remove(self, sources: Iterable[str]) -> int:
-        """Remove indexed sources; returns how many. Unknown sources raise :class:`IndexFileError`
-        naming them, and then nothing is removed."""
-        wanted = list(dict.fromkeys(sources))
+        """Remove indexed sources (one string counts as one source); returns how many. Unknown sources
+        raise :class:`IndexFileError` naming them, and then nothing is removed."""
+        given = [sources] if isinstance(sources, str) else list(sources)
+        odd = [source for source in given if not isinstance(source, str)]
+        if odd:
+            raise IndexFileError(f"sources to remove are strings, got {type(odd[0]).__name__}")
+        wanted = list(dict.fromkeys(given))
         with self._lock:
             unknown = [source for source in wanted if source not in self._ids]
             if unknown:
-                raise IndexFileError(f"{self._label()} does not hold {', '.join(map(repr, unknown))}")
+                more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+                raise IndexFileError(f"{self._label()} does not hold {', '.join(_quoted(s) for s in unknown[:3])}{more}")
             self._drop(wanted)
             if wanted:
                 self.updated = _now()
@@ -253,7 +265,8 @@ class ImageIndex:
     # -- persistence ------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index to ``path`` atomically: the file is replaced whole or left as it was."""
+        """Write the index to ``path`` atomically: the file is replaced whole or left as it was. The
+        temporary files of earlier writes of ``path`` killed midway are removed first."""
         target = Path(path)
         with self._lock:
             vectors = faiss.serialize_index(self._vectors).tobytes()
@@ -266,6 +279,7 @@ class ImageIndex:
             }).encode()  # ASCII: paths that are not valid UTF-8 (surrogate escapes) survive the round trip
         prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest())
         try:
+            remove_stale_temps(target)
             write_atomic(target, prefix + header + payload)
         except OSError as exc:
             raise IndexFileError(f"cannot write index {target}: {exc.strerror or exc}") from exc
@@ -277,11 +291,19 @@ class ImageIndex:
         :class:`IndexFileError` saying which."""
         target = Path(path)
         try:
-            data = target.read_bytes()
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISDIR(mode):
+                    raise IndexFileError(f"index {target}: is a directory, not an index file")
+                if not stat.S_ISREG(mode):
+                    raise IndexFileError(f"index {target}: not a regular file (a FIFO or a device)")
+                with open(fd, "rb", closefd=False) as handle:
+                    data = handle.read()
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             raise IndexFileError(f"index {target}: no such file") from None
-        except IsADirectoryError:
-            raise IndexFileError(f"index {target}: is a directory, not an index file") from None
         except OSError as exc:
             raise IndexFileError(f"index {target}: cannot read: {exc.strerror or exc}") from None
         return cls._parse(data, target)
@@ -308,11 +330,14 @@ class ImageIndex:
         if hashlib.sha256(header_bytes).digest() != header_digest:
             raise fail("corrupt (the header's checksum does not match)")
         try:
-            header = json.loads(header_bytes)
-            sizes = header["payload"]
-            expected = header_end + sizes["vectors"] + sizes["pooled"]
-        except (ValueError, KeyError, TypeError) as exc:
+            header = _read_header(header_bytes)
+        except jsonfile.JSONReadError as exc:
             raise fail(f"corrupt header: {exc}") from None
+        problem = _header_problem(header)
+        if problem:
+            raise fail(f"corrupt header: {problem}")
+        sizes = header["payload"]
+        expected = header_end + sizes["vectors"] + sizes["pooled"]
         if len(data) < expected:
             raise fail(f"truncated ({len(data)} bytes, expected {expected})")
         if len(data) > expected:
@@ -327,8 +352,8 @@ class ImageIndex:
                         queries=header["queries"], created=header["created"], updated=header["updated"],
                         vectors=vectors, pooled=pooled, ids=dict(zip(header["sources"], header["ids"])),
                         next_id=header["next_id"], path=path, model_source=header.get("model_source", ""))
-        except (RuntimeError, KeyError, TypeError) as exc:
-            raise fail(f"corrupt: {exc}") from None
+        except RuntimeError as exc:  # FAISS's errors
+            raise fail(f"corrupt: {' '.join(str(exc).split())[:300]}") from None
         problem = index._inconsistency(len(header["sources"]), len(header["ids"]))
         if problem:
             raise fail(f"corrupt ({problem})")
@@ -348,8 +373,6 @@ class ImageIndex:
         expected = (image_ids[:, None] * q + np.arange(q, dtype=np.int64)).reshape(-1)
         if not np.array_equal(np.sort(faiss.vector_to_array(self._vectors.id_map)), expected):
             return "the per-query index's ids are not the header's"
-        if count and int(image_ids[-1]) >= self._next_id:
-            return "an id is not below next_id"
         return None
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -366,7 +389,8 @@ class ImageIndex:
         return embedding.source
 
     def _arrays(self, embedding: ImageEmbedding) -> tuple[np.ndarray, np.ndarray]:
-        queries, pooled = _array(embedding.queries), _array(embedding.pooled)
+        queries = _array(embedding.queries, f"the embedding of {embedding.source}")
+        pooled = _array(embedding.pooled, f"the pooled embedding of {embedding.source}")
         if queries.shape != (self.queries, self.dim) or pooled.shape != (self.dim,):
             raise IndexFileError(
                 f"cannot index {embedding.source}: embedding shapes {queries.shape} and {pooled.shape}, "
@@ -386,7 +410,7 @@ class ImageIndex:
         self._vectors.remove_ids((image_ids[:, None] * self.queries + np.arange(self.queries, dtype=np.int64)).reshape(-1))
 
     def _query(self, vector: Any, what: str) -> np.ndarray:
-        query = _array(vector)
+        query = _array(vector, f"the {what}")
         if query.ndim == 2 and query.shape[0] == 1:
             query = query[0]
         if query.shape != (self.dim,):
@@ -400,7 +424,8 @@ class ImageIndex:
 
     def _take(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise OptionError(f"k must be a positive integer, got {k!r}")
+            shown = "a huge negative integer" if isinstance(k, int) and k < -(10**100) else repr(k)[:60]
+            raise OptionError(f"k must be a positive integer, got {shown}")
         if not self._ids:
             raise IndexFileError(f"{self._label()} is empty: add images before searching")
         return min(k, len(self._ids))
@@ -409,11 +434,56 @@ class ImageIndex:
         return [Hit(self._sources[image_id], float(score), rank) for rank, (image_id, score) in enumerate(ranked, 1)]
 
 
-def _array(value: Any) -> np.ndarray:
+def _array(value: Any, what: str) -> np.ndarray:
     """A float32, C-contiguous array from a tensor (any device and dtype) or an array-like."""
     if hasattr(value, "detach"):  # a torch tensor: no torch import needed here
         value = value.detach().float().cpu().numpy()
-    return np.ascontiguousarray(value, dtype=np.float32)
+    try:
+        return np.ascontiguousarray(value, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError):
+        raise IndexFileError(f"{what} is not an array of numbers ({type(value).__name__})") from None
+
+
+def _quoted(source: str) -> str:
+    return repr(source) if len(source) <= 200 else f"{source[:200]!r}... ({len(source):,} characters)"
+
+
+def _read_header(data: bytes) -> Any:
+    """The header's JSON, checked by :mod:`jsonfile` (nesting, numbers, UTF-8). File names that are not
+    UTF-8 are written as lone ``\\udcXX`` escapes (Python's surrogateescape), which jsonfile refuses as
+    text: it checks a copy where those name ordinary characters, then the header is read as written."""
+    jsonfile.loads(_LONE_LOW_SURROGATE.sub(rb"\\u0dc", data))
+    return json.loads(data)
+
+
+def _header_problem(header: Any) -> str | None:
+    """What is wrong with the types or ranges of an index header's fields, if anything."""
+    if not isinstance(header, dict):
+        return "not a JSON object"
+    for key in ("model", "model_version", "created", "updated"):
+        if not isinstance(header.get(key), str):
+            return f"{key!r} is not a string"
+    if not isinstance(header.get("model_source", ""), str):
+        return "'model_source' is not a string"
+    for key in ("dim", "queries"):
+        if not _whole(header.get(key), 1, _MAX_DIM):
+            return f"{key!r} is not a whole number from 1 to {_MAX_DIM:,}"
+    if not _whole(header.get("next_id"), 0, _MAX_ID):
+        return f"'next_id' is not a whole number from 0 to {_MAX_ID:,}"
+    sources, ids = header.get("sources"), header.get("ids")
+    if not isinstance(sources, list) or not all(isinstance(source, str) and source for source in sources):
+        return "'sources' is not a list of non-empty strings"
+    if not isinstance(ids, list) or not all(_whole(image_id, 0, header["next_id"] - 1) for image_id in ids):
+        return "'ids' is not a list of whole numbers below 'next_id'"
+    sizes = header.get("payload")
+    if not isinstance(sizes, dict) or not all(_whole(sizes.get(key), 0, 1 << 62) for key in ("vectors", "pooled")) \
+            or not isinstance(sizes.get("sha256"), str):
+        return "'payload' does not give the sizes and SHA-256 of the two indexes"
+    return None
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 # -- with a host ----------------------------------------------------------------------------------

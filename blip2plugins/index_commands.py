@@ -26,6 +26,20 @@ _DEMO_NOTE = ("blip2: note: using the bundled demo model, which only knows synth
               "--model NAME or BLIP2_MODEL (`blip2 models` lists them)")
 
 index_path = click.Path(dir_okay=False, path_type=Path)
+
+
+class _Count(click.IntRange):
+    """A whole number >= 1 whose error quotes at most 20 characters of what was given."""
+
+    def __init__(self) -> None:
+        super().__init__(min=1)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and len(value) > 20:
+            self.fail(f"{value[:20]!r}... ({len(value):,} characters) is not a count", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 device_options = _options(
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps or auto."),
@@ -33,7 +47,7 @@ device_options = _options(
                  show_default=True, help="Weight dtype."),
 )
 embed_options = _options(
-    click.option("--batch-size", type=click.IntRange(min=1), help="Images per chunk.  [default: the host's batch size]"),
+    click.option("--batch-size", type=_Count(), help="Images per chunk.  [default: the host's batch size]"),
     click.option("--progress/--no-progress", default=None,
                  help=f"Progress bar on stderr.  [default: when more than {PROGRESS_THRESHOLD} images and stderr "
                       "is a terminal]"),
@@ -214,7 +228,7 @@ def remove(index_file: Path, sources: tuple[str, ...], as_json: bool) -> None:
 @index_group.command("search")
 @click.argument("index_file", metavar="INDEX", type=index_path)
 @click.argument("query")
-@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="How many images.")
+@click.option("-k", "k", type=_Count(), default=5, show_default=True, help="How many images.")
 @click.option("--rerank", is_flag=True, help="Re-score the k images with the ITM head (text queries only).")
 @click.option("--image/--text", "image", default=None,
               help="QUERY is an image / a text.  [default: an image when QUERY is an existing image file]")

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from . import jsonfile, plugins
 from .errors import StoreError
-from .files import exclusive_lock, fsync_dir, write_atomic
+from .files import exclusive_lock, fsync_dir, remove_stale_temps, write_atomic
 from .types import AdapterVersion
 
 log = logging.getLogger(__name__)
@@ -592,8 +592,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Replace ``path`` atomically with ``data`` as indented JSON."""
+    """Replace ``path`` atomically with ``data`` as indented JSON (first removing what writes of it
+    killed midway left)."""
     try:
+        remove_stale_temps(path)
         write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     except OSError as exc:
         raise StoreError(f"{path}: cannot write: {exc.strerror or exc}") from None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -19,7 +22,7 @@ from torch.nn import functional as F
 
 from blip2plugins import files, index_commands
 from blip2plugins.errors import ImageError, IndexFileError, OptionError
-from blip2plugins.index import ImageIndex, add_images, build_index, image_files, search
+from blip2plugins.index import ImageIndex, add_images, build_index, image_files, locked, search
 from blip2plugins.retrieval import itc
 from blip2plugins.types import ImageEmbedding
 
@@ -472,3 +475,99 @@ def test_concurrent_adds_to_one_index_all_survive(host, folder: Path, tmp_path: 
         assert add.returncode == 0, errors
     assert sorted(ImageIndex.load(out).sources) == sorted(str(folder / name) for name in ("blue.png", "green.png",
                                                                                         "red.png"))
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_save(tmp_path: Path) -> None:
+    path = tmp_path / "images.index"
+    child = subprocess.run([sys.executable, "-c", (
+        "import os, sys\nfrom pathlib import Path\nfrom blip2plugins import files\n"
+        "real = files.os.replace\nfiles.os.replace = lambda src, dst: os._exit(9)  # killed once its file is written\n"
+        "from test_index import filled, random_embeddings\n"
+        f"filled(random_embeddings(3)).save(Path({str(path)!r}))\n")], cwd=Path(__file__).parent, timeout=120)
+    assert child.returncode == 9 and not path.exists()
+    [stale] = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    other = tmp_path / ".other.index.0123456789abcdef0123456789abcdef.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"x")
+    with open(tmp_path / ".images.index.fedcba9876543210fedcba9876543210.tmp", "xb") as live:
+        fcntl.flock(live, fcntl.LOCK_EX)  # a writer still at work holds its temporary file locked
+        filled(random_embeddings(4)).save(path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, other.name, Path(live.name).name])
+    assert not stale.exists() and len(ImageIndex.load(path)) == 4
+
+
+def test_an_index_named_as_long_as_a_file_name_may_be(cli, tmp_path: Path) -> None:
+    path = tmp_path / ("i" * 246 + ".idx")  # 250 characters: ".NAME.lock" and ".NAME.TAG.tmp" would not fit
+    with locked(path):
+        filled(random_embeddings(3)).save(path)
+    assert len(ImageIndex.load(path)) == 3
+    assert all(len(p.name) <= 255 for p in tmp_path.iterdir())
+    result = run(cli, "index", "remove", str(path), "img000")
+    assert result.exit_code == 0, result.output
+    assert len(ImageIndex.load(path)) == 2
+
+
+def _edit_header(data: bytes, edit) -> bytes:
+    end = _header_end(data)
+    header = edit(data[52:end])
+    return data[:12] + struct.pack("<Q", len(header)) + hashlib.sha256(header).digest() + header + data[end:]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda h: b"[" * 100_000, "corrupt header: nested more than 64 levels deep"),
+    (lambda h: h.replace(b'"dim": 16', b'"dim": ' + b"9" * 5000), "corrupt header: a number of 5,000 digits"),
+    (lambda h: h.replace(b'"dim": 16', b'"dim": 0'), "corrupt header: 'dim' is not a whole number from 1"),
+    (lambda h: h.replace(b'"queries": 4', b'"queries": 1000000000'), "'queries' is not a whole number"),
+    (lambda h: h.replace(b'"next_id": 6', b'"next_id": ' + str(2**80).encode()), "'next_id' is not a whole number"),
+    (lambda h: h.replace(b'"img000"', b"7"), "'sources' is not a list of non-empty strings"),
+    (lambda h: h.replace(b'"ids": [0,', b'"ids": ["0",'), "'ids' is not a list of whole numbers below 'next_id'"),
+    (lambda h: json.dumps({**json.loads(h), "payload": {**json.loads(h)["payload"], "pooled": 2**62}}).encode(),
+     "truncated"),
+    (lambda h: json.dumps({**json.loads(h), "payload": {**json.loads(h)["payload"], "pooled": -5}}).encode(),
+     "'payload' does not give the sizes"),
+    (lambda h: h.replace(b'"img000"', b'"\\ud800"'), "a string with a lone surrogate escape"),
+    (lambda h: b"[1, 2]", "corrupt header: not a JSON object"),
+])
+def test_a_hostile_header_is_one_line(saved: tuple[Path, bytes], edit, message: str) -> None:
+    path, data = saved
+    path.write_bytes(_edit_header(data, edit))
+    with pytest.raises(IndexFileError, match=re.escape(message)) as info:
+        ImageIndex.load(path)
+    assert str(info.value).startswith(f"index {path}: ") and "\n" not in str(info.value)
+
+
+def test_non_utf8_and_astral_names_survive_the_header_check(tmp_path: Path) -> None:
+    sources = ["photos/\udcff\udc80.png", "emoji/\U0001f4a9.png", "plain.png"]
+    index = ImageIndex.create(MODEL, VERSION, D, Q)
+    index.add([embedding(s, e.queries) for s, e in zip(sources, random_embeddings(3))])
+    index.save(tmp_path / "x.index")
+    assert ImageIndex.load(tmp_path / "x.index").sources == sources
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "symlink-loop"])
+def test_an_index_path_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "x.index"
+    {"fifo": lambda: os.mkfifo(path), "dev-zero": lambda: os.symlink("/dev/zero", path),
+     "symlink-loop": lambda: os.symlink(path, path)}[kind]()
+    with pytest.raises(IndexFileError, match="not a regular file|Too many levels of symbolic links") as info:
+        ImageIndex.load(path)
+    assert str(info.value).startswith(f"index {path}: ")
+
+
+def test_queries_and_sources_of_the_wrong_kind(saved: tuple[Path, bytes]) -> None:
+    index = ImageIndex.load(saved[0])
+    for vector in ("abc", None, [[1.0]] * 3, {"a": 1}):
+        with pytest.raises(IndexFileError, match="the text embedding"):
+            index.search_vector(vector)
+    with pytest.raises(OptionError, match="k must be a positive integer, got a huge negative integer"):
+        index.search_vector(torch.ones(D), -(10**5000))
+    with pytest.raises(IndexFileError, match="sources to remove are strings, got list"):
+        index.remove([["img000"]])
+    with pytest.raises(IndexFileError, match=r"does not hold 'x', 'y', 'z' and 2 more"):
+        index.remove(["x", "y", "z", "v", "w"])
+    assert index.remove("img000") == 1 and len(index) == 5
+
+
+@pytest.mark.parametrize("args", [["-k", "9" * 5000], ["-k", str(2**70)]])
+def test_a_huge_count_is_a_short_usage_error(cli, saved: tuple[Path, bytes], args: list[str]) -> None:
+    result = run(cli, "index", "search", str(saved[0]), "a red circle", *args)
+    assert result.exit_code == 2 and "is not a count" in result.stderr and len(result.stderr) < 300

@@ -199,3 +199,12 @@ def test_a_huge_metadata_file_is_refused(store: AdapterStore) -> None:
         store.current(BASE, NAME)
     one_line(caught, str(path), "larger than")
     assert json.loads((store.root / model_slug(BASE) / NAME / "v0001" / "version.json").read_text())["version"] == "v0001"
+
+
+def test_a_promotion_removes_what_a_killed_write_of_current_left(store: AdapterStore) -> None:
+    adapter_dir = store.root / model_slug(BASE) / NAME
+    stale = adapter_dir / ".CURRENT.0123456789abcdef0123456789abcdef.tmp"
+    stale.write_text("{half")
+    add(store)
+    store.promote(BASE, NAME, "2")
+    assert sorted(entry.name for entry in adapter_dir.iterdir()) == ["CURRENT", "v0001", "v0002"]
