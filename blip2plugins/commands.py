@@ -57,6 +57,31 @@ the others are still processed, and the exit status is 1.
 """
 
 
+class _Brief(click.ParamType):
+    """A number option whose error echoes at most the start of a very long wrong value."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and len(value) > 40:
+            self.fail(f"{value[:20]!r}... ({len(value):,} characters) is not a number this option takes", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Whole(_Brief, click.types.IntParamType):
+    """``int`` that never echoes thousands of digits back."""
+
+
+class WholeRange(_Brief, click.IntRange):
+    """``click.IntRange`` that never echoes thousands of digits back."""
+
+
+class Real(_Brief, click.types.FloatParamType):
+    """``float`` that never echoes thousands of characters back."""
+
+
+class RealRange(_Brief, click.FloatRange):
+    """``click.FloatRange`` that never echoes thousands of characters back."""
+
+
 def _options(*decorators: Callable[[Callable[..., Any]], Any]) -> Callable[[Callable[..., Any]], Any]:
     def apply(function: Callable[..., Any]) -> Any:
         for decorator in reversed(decorators):
@@ -78,16 +103,16 @@ model_options = _options(
                       "resize): pixels differ slightly from the processor's."),
 )
 generation_options = _options(
-    click.option("--max-new-tokens", type=int, help="Most tokens to generate."),
-    click.option("--min-new-tokens", type=int, help="Fewest tokens to generate."),
-    click.option("--beams", "num_beams", type=int, help="Beam-search width."),
+    click.option("--max-new-tokens", type=Whole(), help="Most tokens to generate."),
+    click.option("--min-new-tokens", type=Whole(), help="Fewest tokens to generate."),
+    click.option("--beams", "num_beams", type=Whole(), help="Beam-search width."),
     click.option("--sample/--no-sample", "do_sample", default=None, help="Sample instead of searching."),
-    click.option("--temperature", type=float, help="Sampling temperature."),
-    click.option("--top-p", type=float, help="Nucleus-sampling probability mass."),
-    click.option("--top-k", type=int, help="Sample among the k likeliest tokens."),
-    click.option("--repetition-penalty", type=float, help="Penalty for repeated tokens (1 = none)."),
-    click.option("--no-repeat-ngram-size", type=int, help="Never repeat an n-gram of this size."),
-    click.option("--seed", type=int, help="Random seed, for reproducible sampling."),
+    click.option("--temperature", type=Real(), help="Sampling temperature."),
+    click.option("--top-p", type=Real(), help="Nucleus-sampling probability mass."),
+    click.option("--top-k", type=Whole(), help="Sample among the k likeliest tokens."),
+    click.option("--repetition-penalty", type=Real(), help="Penalty for repeated tokens (1 = none)."),
+    click.option("--no-repeat-ngram-size", type=Whole(), help="Never repeat an n-gram of this size."),
+    click.option("--seed", type=Whole(), help="Random seed, for reproducible sampling."),
 )
 input_options = _options(
     click.argument("images", nargs=-1, metavar="[IMAGE]..."),
@@ -276,7 +301,7 @@ def _host_command(function: Callable[..., bool]) -> Callable[..., None]:
 @click.command(epilog=_OUTPUT_HELP)
 @input_options
 @click.option("--prompt", help="Text the captions start with (the model continues it).")
-@click.option("-n", "--num-captions", "n", type=int, default=1, show_default=True, help="Captions per image.")
+@click.option("-n", "--num-captions", "n", type=Whole(), default=1, show_default=True, help="Captions per image.")
 @output_options
 @_host_command
 def caption(host: Host, gen: dict[str, Any], images: _Inputs, prompt: str | None, n: int, as_json: bool,

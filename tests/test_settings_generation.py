@@ -58,9 +58,13 @@ def test_the_edges_of_the_ranges_generate_texts() -> None:
     (["--beams", "1000000000"], "--beams"),
     (["--max-new-tokens", "0"], "--max-new-tokens"),
     (["--sample", "--seed", str(2**70)], "--seed"),
+    (["--beams", "9" * 5000], "--beams"),
+    (["--sample", "--temperature", "x" * 5000], "--temperature"),
+    (["-n", "9" * 5000], "--num-captions"),
 ])
 def test_the_command_refuses_them_before_loading_the_model(tmp_path, monkeypatch, args, flag) -> None:
     monkeypatch.setattr("blip2plugins.commands._load_host", lambda *a, **k: pytest.fail("loaded the model"))
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     result = CliRunner().invoke(build_cli(), ["caption", "--model", "demo", str(tmp_path / "a.png"), *args])
-    assert result.exit_code == 2 and f"Invalid value for '{flag}'" in result.output, result.output
+    assert result.exit_code == 2 and f"'{flag}'" in result.output and "Invalid value for" in result.output, result.output
+    assert len(result.output.splitlines()[-1]) < 300

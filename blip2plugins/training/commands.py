@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..commands import Real, RealRange, WholeRange
 from ..hookspecs import hookimpl
 from .checks import MAX_SEED
 
@@ -28,26 +29,26 @@ def register_commands(cli: click.Group) -> None:
     @click.option("--name", default="default", show_default=True, help="Adapter name inside the store.")
     @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
                   help="Write the artifact and report to this folder instead of a store.")
-    @click.option("--eval-split", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
+    @click.option("--eval-split", type=RealRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
                   help="Fraction of images held out to measure the model before and after.")
     @click.option("--metric", help="Gate metric: caption_exact_match, bleu4, cider or vqa_accuracy "
                                    "(default: caption_exact_match, or vqa_accuracy without captions).")
-    @click.option("--margin", type=float, default=0.0, show_default=True,
+    @click.option("--margin", type=Real(), default=0.0, show_default=True,
                   help="The new adapter must beat the current one by this much to be promoted.")
     @click.option("--no-promote", is_flag=True, help="Store the new version without judging or promoting it.")
     @click.option("--strict", is_flag=True, help="Fail on the first bad record instead of skipping it.")
-    @click.option("--steps", type=click.IntRange(1), default=300, show_default=True, help="Optimizer steps.")
-    @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Examples per micro-batch.")
-    @click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True,
+    @click.option("--steps", type=WholeRange(1), default=300, show_default=True, help="Optimizer steps.")
+    @click.option("--batch-size", type=WholeRange(1), default=16, show_default=True, help="Examples per micro-batch.")
+    @click.option("--grad-accum", type=WholeRange(1), default=1, show_default=True,
                   help="Micro-batches per optimizer step.")
-    @click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1e-3, show_default=True,
+    @click.option("--lr", type=RealRange(0.0, min_open=True), default=1e-3, show_default=True,
                   help="Peak learning rate.")
-    @click.option("--warmup", type=click.IntRange(0), default=30, show_default=True, help="Warmup steps.")
+    @click.option("--warmup", type=WholeRange(0), default=30, show_default=True, help="Warmup steps.")
     @click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine", show_default=True)
-    @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
-    @click.option("--lora-rank", type=click.IntRange(1), default=8, show_default=True)
-    @click.option("--lora-alpha", type=click.IntRange(1), default=16, show_default=True)
-    @click.option("--lora-dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
+    @click.option("--seed", type=WholeRange(0, MAX_SEED), default=0, show_default=True)
+    @click.option("--lora-rank", type=WholeRange(1), default=8, show_default=True)
+    @click.option("--lora-alpha", type=WholeRange(1), default=16, show_default=True)
+    @click.option("--lora-dropout", type=RealRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
     @click.option("--lora-mlp", is_flag=True, help="Also adapt the language model's MLP layers.")
     @click.option("--lora-extra", multiple=True, metavar="REGEX",
                   help="More LoRA targets, as full module-name regexes (e.g. 'qformer\\..*\\.(query|value)').")
@@ -56,7 +57,7 @@ def register_commands(cli: click.Group) -> None:
     @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
     @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
                   help="Save resumable checkpoints here.")
-    @click.option("--checkpoint-every", type=click.IntRange(0), default=0, help="Steps between checkpoints.")
+    @click.option("--checkpoint-every", type=WholeRange(0), default=0, help="Steps between checkpoints.")
     @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")
     @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
