@@ -50,10 +50,11 @@ from .logs import failure
 from .lru import LRU
 from .metrics import ROUTES, Metrics
 from .predict import predict
+from .refresh import refresh_predictions
 from .schema import LabelConfig, parse_label_config
 from .serving import Serving, adapter_name
 from .settings import Settings, load_recipe
-from .training import Trainer, runs
+from .training import Trainer
 
 log = logging.getLogger("blip2plugins_label_studio")
 MODEL_CLASS = "Blip2Plugins"
@@ -229,13 +230,16 @@ class Backend:
 
     def _trained(self, project: str, run: Mapping[str, Any]) -> None:
         status = run.get("status", "failed")
-        self.metrics.runs.labels(status if status in ("promoted", "refused") else "failed").inc()
+        self.metrics.runs.labels(status if status in ("promoted", "refused", "skipped") else "failed").inc()
         if isinstance(run.get("seconds"), (int, float)):
             self.metrics.train_seconds.observe(run["seconds"])
         self.metrics.queue.set(self.trainer.queue_length())
         if status == "promoted" and self.serving.state == "ready":
             with self.serving.serving(project) as (_, version):  # swap now, not on the next request
                 self.metrics.serving(project, version)
+        if status == "promoted" and self.settings.refresh_predictions:
+            threading.Thread(target=refresh_predictions, args=(self.settings, project), name="blip2-ls-refresh",
+                             daemon=True).start()
 
 
 # -- routes -------------------------------------------------------------------------------------------
@@ -456,7 +460,7 @@ def _project_versions(backend: Backend, project: str) -> dict[str, Any]:
         "adapters": [{"model_version": serving.version_of(a), "version": a.version, "status": a.status,
                       "reason": a.reason, "metrics": dict(a.metrics), "created": a.created, "parent": a.parent}
                      for a in adapters],
-        "runs": runs(backend.settings, project),
+        "runs": backend.trainer.runs(project),
         "training": backend.trainer.status(project),
     }
 

@@ -39,6 +39,9 @@ _SECRETS = f"Secrets come from the environment only: {ENV_API_KEY}, {ENV_AUTH_US
               help="Training recipe: a JSON file of FinetuneConfig fields, or a FinetuneConfig object to import.")
 @click.option("--train-every", envvar="BLIP2_LS_TRAIN_EVERY", show_envvar=True, default=0, show_default=True,
               type=click.IntRange(0), help="Queue a training run every N new labels (0: only on Start training).")
+@click.option("--refresh-predictions", envvar="BLIP2_LS_REFRESH_PREDICTIONS", show_envvar=True, is_flag=True,
+              help="After a new version is promoted, have Label Studio retrieve predictions for the tasks not labeled "
+                   "yet (with LABEL_STUDIO_API_KEY), so they show the new version's at once.")
 @click.option("--train-threads", default=1, show_default=True, type=click.IntRange(1),
               help="Torch threads of a training run (it also runs at a lower priority than serving).")
 @click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(1), help="Host batch size.")

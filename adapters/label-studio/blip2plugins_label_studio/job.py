@@ -8,6 +8,8 @@ Steps: take the project's training lock (runs of one project, from any process, 
 on ``pull``, refresh the label store from Label Studio's export; download each labeled image once
 into the project's image cache; fine-tune (:func:`blip2plugins.training.finetune.finetune`) on the
 accepted captions and answers, which stores a new adapter version and lets the eval gate promote it.
+Labels that the serving version (or a refused attempt from it) was already trained on, by the dataset's
+fingerprint, are not trained again: the run ends ``skipped``, "nothing new since v0003".
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .client import LabelStudioClient
 from .files import write_atomic, write_json
 from .labels import Label, LabelStore, labels_from_export
 from .schema import parse_label_config
-from .serving import adapter_name
+from .serving import adapter_name, base_model_name
 from .settings import Settings, load_recipe
 
 log = logging.getLogger("blip2plugins_label_studio.job")
@@ -51,6 +53,10 @@ def run(settings: Settings, project: str, *, pull: bool = False, label_config: s
         if not records:
             return {"status": "failed", "reason": f"no usable labels: {'; '.join(skipped[:5])}",
                     "labels": len(labels)}
+        same = _trained_on(settings, project, records)
+        if same is not None:
+            return {"status": "skipped", "version": same.version, "labels": len(labels), "records": len(records),
+                    "reason": f"nothing new since {same.version} ({same.status}): it was trained on these same labels"}
         outcome = _finetune(settings, project, records, skipped, len(labels))
         return {**outcome, "pull_problem": pulled} if pulled else outcome
 
@@ -117,6 +123,25 @@ async def _records(client: LabelStudioClient, cache: Path, labels: list[Label]) 
     records = [Record(local[entry.image], text, entry.question, f"task {label.task} annotation {label.annotation}")
                for label in labels for entry in label.entries if entry.image in local for text in entry.texts]
     return records, sorted(skipped)
+
+
+def _trained_on(settings: Settings, project: str, records: list[Any]) -> Any:
+    """The adapter version already trained on exactly ``records`` (by the dataset's fingerprint) from the
+    version serving now: the current one, or a refused attempt from it; None when there is none."""
+    from blip2plugins.store import AdapterStore
+    from blip2plugins.training.data import CaptionDataset
+
+    store, base, name = AdapterStore(settings.adapter_store), base_model_name(settings.model), adapter_name(project)
+    try:
+        current = store.current(base, name)
+        fingerprint = CaptionDataset(records).fingerprint()
+        if current is not None and current.dataset == fingerprint:
+            return current
+        parent = current.version if current is not None else None
+        return next((v for v in reversed(store.versions(base, name)) if v.dataset == fingerprint and v.parent == parent),
+                    None)
+    except Blip2Error:  # the store has nothing for this project yet, or cannot be read: train (which says why)
+        return None
 
 
 def _finetune(settings: Settings, project: str, records: list[Any], skipped: list[str], n_labels: int) -> dict[str, Any]:

@@ -67,6 +67,7 @@ class Settings:
     allow_hosts: tuple[str, ...] = ()
     train_config: str | None = None
     train_every: int = 0
+    refresh_predictions: bool = False  # after a promotion, ask Label Studio to re-predict the unlabeled tasks
     train_threads: int = 1
     train_nice: int = 10
     max_batch_size: int = 32

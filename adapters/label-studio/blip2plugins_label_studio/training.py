@@ -50,6 +50,7 @@ class Trainer:
         self.command = [sys.executable, "-m", "blip2plugins_label_studio.job"]  # the run's process
         self._pending: dict[str, _Request] = {}
         self._running: str | None = None
+        self._run_now: dict[str, Any] | None = None  # the run in progress, as /versions lists it
         self._process: subprocess.Popen[bytes] | None = None
         self._cond = threading.Condition()
         self._closed = False
@@ -72,6 +73,15 @@ class Trainer:
     def status(self, project: str) -> dict[str, bool]:
         with self._cond:
             return {"queued": project in self._pending, "running": self._running == project}
+
+    def runs(self, project: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The project's latest runs, newest first: the one in progress (``"status": "running"``), then those recorded."""
+        with self._cond:
+            now = dict(self._run_now) if self._run_now is not None and self._running == project else None
+        done = runs(self.settings, project, limit)
+        if now is not None and all(run.get("id") != now["id"] for run in done):
+            done = [now, *done][:limit]
+        return done
 
     def queue_length(self) -> int:
         """Runs waiting, plus the one running."""
@@ -120,6 +130,7 @@ class Trainer:
             finally:
                 with self._cond:
                     self._running = None
+                    self._run_now = None
                     self._process = None
                     self._cond.notify_all()
             if self.on_done is not None:
@@ -136,6 +147,9 @@ class Trainer:
         spec = {"settings": dataclasses.asdict(self.settings), "project": request.project, "pull": request.pull,
                 "label_config": request.label_config, "result": str(result_path)}
         started = time.time()
+        with self._cond:
+            self._run_now = {"id": run_id, "project": request.project, "trigger": request.reason, "pull": request.pull,
+                             "queued_at": _iso(request.queued), "started_at": _iso(started), "status": "running"}
         log.info("project %s: training run %s started", request.project, run_id)
         process = subprocess.Popen(self.command, stdin=subprocess.PIPE,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
@@ -163,7 +177,7 @@ class Trainer:
                "queued_at": _iso(request.queued), "started_at": _iso(started), "finished_at": _iso(time.time()),
                "seconds": round(time.time() - started, 1), **outcome}
         write_json(folder / f"{run_id}.json", run)
-        level = logging.INFO if run["status"] == "promoted" else logging.WARNING
+        level = logging.INFO if run["status"] in ("promoted", "skipped") else logging.WARNING
         log.log(level, "project %s: training run %s %s: %s", request.project, run_id, run["status"], run.get("reason", ""))
         return run
 

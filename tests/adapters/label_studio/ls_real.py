@@ -139,10 +139,11 @@ def connect_backend(api: httpx.Client, project: int, url: str) -> int:
 
 
 def retrieve_predictions(api: httpx.Client, project: int, task_ids: list[int] | None = None) -> None:
-    """The Data Manager's "Retrieve predictions" on all tasks, or on ``task_ids``."""
+    """The Data Manager's "Retrieve predictions" on all tasks, or on ``task_ids`` (Label Studio reads
+    ``selectedItems``: with ``selected_items`` it would take every task)."""
     selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": task_ids}
     _check(api.post("/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project},
-                    json={"selected_items": selected}))
+                    json={"selectedItems": selected}))
 
 
 def annotate(api: httpx.Client, task_id: int, text: str, from_name: str = "caption") -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 import pytest
 
@@ -37,6 +38,14 @@ def label_tasks(client, fake, n: int = 8) -> list[world.Scene]:
                                                                scenarios.team_caption(scene)))
         assert answer.json()["recorded"] == 1
     return shown
+
+
+def add_label(client, fake, task_id: int) -> None:
+    scene = scenarios.scenes(1, f"ls-training-more:{task_id}", keep=scenarios.has("square"))[0]
+    fake.files[upload_path(task_id)] = png(scene)
+    answer = client.post("/webhook", json=annotation_event("ANNOTATION_CREATED", 100 + task_id, task_id,
+                                                           scenarios.team_caption(scene)))
+    assert answer.json()["recorded"] == 1
 
 
 def model_version(client) -> str:
@@ -84,11 +93,29 @@ def test_a_refused_run_leaves_the_previous_version_serving(make_backend, tmp_pat
     assert listed["versions"] == ["demo"]
 
 
+@pytest.mark.parametrize("margin, status", [(-1.0, "promoted"), (2.0, "refused")])
+def test_nothing_new_to_learn_makes_no_new_version(make_backend, tmp_path, margin, status) -> None:
+    client, fake = make_backend(train_config=recipe(tmp_path, margin=margin))
+    label_tasks(client, fake)
+    backend = ready(client)
+    first = job.run(backend.settings, "1", client=backend.client)
+    assert first["status"] == status and first["version"] == "v0001"
+    served = model_version(client)
+    again = job.run(backend.settings, "1", client=backend.client)
+    assert again["status"] == "skipped" and again["version"] == "v0001", again
+    assert again["reason"] == f"nothing new since v0001 ({status}): it was trained on these same labels"
+    assert model_version(client) == served
+    assert [a.version for a in AdapterStore(backend.settings.adapter_store).versions("demo", "project-1")] == ["v0001"]
+    add_label(client, fake, 9)
+    assert job.run(backend.settings, "1", client=backend.client)["version"] == "v0002", "a new label trains again"
+
+
 def test_a_rollback_in_the_store_is_followed_and_versions_survive_a_restart(make_backend, tmp_path) -> None:
     client, fake = make_backend(train_config=recipe(tmp_path, margin=-1.0))
     label_tasks(client, fake)
     backend = ready(client)
     job.run(backend.settings, "1", client=backend.client)
+    add_label(client, fake, 9)
     job.run(backend.settings, "1", client=backend.client)
     assert model_version(client) == "demo+project-1@v0002"
     AdapterStore(backend.settings.adapter_store).rollback("demo", "project-1")
@@ -244,3 +271,18 @@ def test_projects_take_turns_on_the_host_in_arrival_order(tmp_path) -> None:
         thread.join(10)
     assert started == ["A1", "B", "A2"]
     assert swaps == ["/adapters/project-B/v0001", None]
+
+
+def test_versions_lists_the_run_in_progress(make_backend) -> None:
+    client, _ = make_backend()
+    backend = backend_of(client)
+    backend.trainer.command = [sys.executable, "-c", "import sys, time; sys.stdin.read(); time.sleep(3)"]
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1, "label_config": CONFIG}})
+    deadline = time.monotonic() + 20
+    while not (listed := client.get("/versions", params={"project": "1"}).json()["projects"][0])["training"]["running"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert listed["runs"][0]["status"] == "running" and listed["runs"][0]["trigger"] == "START_TRAINING"
+    assert backend.trainer.wait_idle(30)
+    listed = client.get("/versions", params={"project": "1"}).json()["projects"][0]
+    assert [run["status"] for run in listed["runs"]] == ["failed"] and not listed["training"]["running"]
