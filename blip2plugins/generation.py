@@ -13,6 +13,9 @@ from typing import Any, Mapping, Sequence
 from .errors import OptionError
 
 MAX_NEW_TOKENS_DEFAULT = 30
+#: An encoder-decoder model (FlanT5) has no context limit on what it generates: without this cap a
+#: model that never says end-of-text would run for hours.
+MAX_NEW_TOKENS = 4096
 #: Below this, sampling picks the likeliest token like greedy search, and the logits divided by the
 #: temperature overflow float32 (a logit of 30 at 1e-38), which fails the batch.
 MIN_TEMPERATURE = 1e-3
@@ -71,6 +74,8 @@ class GenerationOptions:
 
     def _check_ranges(self, explicit: set[str]) -> None:
         _at_least("max_new_tokens", self.max_new_tokens, 1)
+        if self.max_new_tokens > MAX_NEW_TOKENS:
+            raise OptionError(f"max_new_tokens must be <= {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
         _at_least("min_new_tokens", self.min_new_tokens, 0)
         if self.min_new_tokens > self.max_new_tokens:
             raise OptionError(f"min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})")

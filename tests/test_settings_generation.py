@@ -34,6 +34,7 @@ from blip2plugins.host import Host
     ({"max_new_tokens": 10**5000}, "max_new_tokens must be a whole number of at most 64 bits, got one of 16,610 bits"),
     ({"do_sample": True, "seed": -(10**5000)}, "seed must be a whole number of at most 64 bits"),
     ({"do_sample": True, "top_p": "x" * 10**6}, r"top_p must be float, got str 'x+\.\.\.$"),
+    ({"max_new_tokens": 4097}, "max_new_tokens must be <= 4096, got 4097"),
     ({"stop": [10**5000]}, "stop must be a non-empty string or a list of non-empty strings, got <list>$"),
 ])
 def test_settings_that_would_fail_or_empty_the_batch_are_refused(options, message) -> None:
