@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar, overload
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, overload
 
 import torch
 from PIL import Image
@@ -264,7 +264,9 @@ class Host:
         """
         self.loaded.require("ask")
         if not isinstance(question, (str, list, tuple)):
-            raise OptionError(f"a question must be a string (or a list of them), got {type(question).__name__} {question!r}")
+            raise OptionError(f"a question must be a string (or a list of them), got {type(question).__name__} "
+                              f"{_shown(question)}")
+        _require_strings([question] if isinstance(question, str) else question, "a question")
         opts = self._image_options(**options)
         family = self.loaded.family
         assert family is not None
@@ -288,6 +290,7 @@ class Host:
         """
         self.loaded.require("caption")
         opts = self._image_options(n=n, **options)
+        images = _iterable(images, "iter_captions")
         return self._in_order(self._submit_images("caption", ((image, prompt or "") for image in images), opts), self._wait)
 
     def iter_answers(self, images: Iterable[Any], question: str, **options: Any) -> Iterator[Result]:
@@ -295,7 +298,9 @@ class Host:
         self.loaded.require("ask")
         opts = self._image_options(**options)
         assert self.loaded.family is not None
+        _require_strings([question], "a question")
         prompt = self.loaded.family.render_question(question)
+        images = _iterable(images, "iter_answers")
         return self._in_order(self._submit_images("ask", ((image, prompt) for image in images), opts), self._wait)
 
     def chat(self, image: Any, *, system: str | None = None, **options: Any) -> Conversation:
@@ -395,7 +400,7 @@ class Host:
         """:meth:`embed_images` for any number of images (any iterable), in order: images are read
         chunk by chunk while the worker embeds the chunks before, and at most three chunks are held."""
         head = self._retrieval("embed")
-        return self._in_order(self._submit_embeddings(images, head), self._finish_embeddings)
+        return self._in_order(self._submit_embeddings(_iterable(images, "iter_embeddings"), head), self._finish_embeddings)
 
     @overload
     def embed_texts(self, texts: str) -> torch.Tensor: ...
@@ -407,7 +412,7 @@ class Host:
         """The retrieval model's ITC embeddings of texts: unit vectors, shape ``(D,)`` for one text, ``(N, D)`` for a list."""
         self._retrieval("embed")
         single = isinstance(texts, str)
-        items = _checked_texts([texts] if single else list(texts))
+        items = _text_list(texts)
         rows = [f.result() for f in [self._enqueue(_EmbedText(t)) for t in items]]
         if not rows:
             return torch.empty(0, self.embedding_dim)
@@ -423,8 +428,9 @@ class Host:
         describe this image?". A bad image raises its ``ImageError``.
         """
         head = self._retrieval("similarity")
+        text_list = _text_list(texts)
         embeddings = self._embed_strictly(list(images) if isinstance(images, (list, tuple)) else [images], head)
-        text_embeds = self.embed_texts([texts] if isinstance(texts, str) else list(texts))
+        text_embeds = self.embed_texts(text_list)
         if not embeddings or not len(text_embeds):
             return torch.empty(len(embeddings), len(text_embeds))
         return retrieval.itc(torch.stack([e.queries for e in embeddings]), text_embeds)  # type: ignore[misc]
@@ -441,7 +447,7 @@ class Host:
         if isinstance(texts, str) and not isinstance(images, (list, tuple)):
             return self.match([images], [texts])[0]
         if not isinstance(images, (list, tuple)):
-            text_list = _checked_texts(list(texts))
+            text_list = _text_list(texts)
             rows = [self.preprocess([self._load(images, itc=True)], itc=True)[0]] * len(text_list)
         else:
             text_list = _checked_texts(_spread(texts, len(images), "text"))
@@ -666,6 +672,7 @@ class Host:
     def _check_prompt(self, prompt: Any, options: GenerationOptions, *, image: bool = True) -> None:
         """Refuse, before it joins a batch, a prompt that is not a string, holds the image token or
         does not fit the context (with the image's query tokens and, decoder-only, ``max_new_tokens``)."""
+        _require_strings([prompt], "a prompt")
         require_text(prompt, "a prompt", empty=True)
         token = self.loaded.processor.image_token.content
         if token in prompt:
@@ -983,7 +990,40 @@ def _spread(value: T | Sequence[T], count: int, what: str) -> list[T]:
 
 def _checked_texts(texts: list[Any]) -> list[str]:
     """``texts``, unless one is not a non-empty string: then :class:`OptionError` naming it."""
+    _require_strings(texts, "a text")
     return [require_text(text, "a text") for text in texts]
+
+
+def _text_list(texts: Any) -> list[str]:
+    """One text or several (a list, tuple or other iterable, not bytes or a mapping), as a checked list."""
+    if isinstance(texts, str):
+        return _checked_texts([texts])
+    if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
+        raise OptionError(f"texts must be a string or a list of strings, got {type(texts).__name__} {_shown(texts)}")
+    return _checked_texts(list(texts))
+
+
+def _require_strings(values: Sequence[Any], what: str) -> None:
+    """Refuse the first value that is not a string, naming its type and (briefly) itself."""
+    for value in values:
+        if not isinstance(value, str):
+            raise OptionError(f"{what} must be a string, got {type(value).__name__} {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to 60 characters, for error messages."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return "(an integer of thousands of digits)"
+    return text if len(text) <= 60 else f"{text[:60]}..."
+
+
+def _iterable(images: Any, method: str) -> Iterable[Any]:
+    """``images`` when it is an iterable of images, not one image (a path) or a non-iterable."""
+    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Iterable):
+        raise OptionError(f"{method} takes an iterable of images (e.g. a list), got {type(images).__name__}")
+    return images
 
 
 def _describe(image: Any) -> str:

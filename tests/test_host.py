@@ -122,6 +122,19 @@ def test_a_question_too_long_says_whether_the_system_text_counts(hosts):
     assert host.chat(None, system="Be brief.").prompt("why?").startswith("Be brief. ")
 
 
+def test_questions_and_prompts_too_big_to_print_are_one_line(hosts):
+    host = hosts["opt"]
+    huge = 10**5000  # repr() refuses ints of over 4,300 digits
+    for call, what in ((lambda: host.ask(scene(0), huge), "a question must be a string (or a list of them)"),
+                       (lambda: host.ask(scene(0), [huge]), "a question must be a string"),
+                       (lambda: host.iter_answers([scene(0)], huge), "a question must be a string"),
+                       (lambda: host.caption(scene(0), prompt=huge), "a prompt must be a string"),
+                       (lambda: host.iter_captions("photo.png"), "iter_captions takes an iterable of images")):
+        with pytest.raises(OptionError) as info:
+            call()
+        assert str(info.value).startswith(what) and len(str(info.value)) < 150
+
+
 def test_beams_sampling_and_n_captions(hosts, tiny_opt):
     host = hosts["opt"]
     image = scene(2)

@@ -151,6 +151,23 @@ def test_bad_texts_and_shapes_are_refused(host: Host) -> None:
     assert host.similarity([], TEXTS).shape == (0, 4)
 
 
+@pytest.mark.parametrize("texts", [5, None, 10**5000, b"abc", {"a": 1}], ids=["int", "none", "huge-int", "bytes", "dict"])
+def test_texts_that_are_no_strings_are_one_line(host: Host, texts: object) -> None:
+    image = _images()[0]
+    for call in (lambda: host.match(image, texts), lambda: host.similarity(image, texts),
+                 lambda: host.embed_texts(texts), lambda: host.match(image, [texts])):
+        with pytest.raises(OptionError, match="must be a string") as info:
+            call()
+        assert len(str(info.value)) < 150 and "\n" not in str(info.value)
+    assert host.match(image, (text for text in TEXTS[:2])) == host.match(image, TEXTS[:2])  # any iterable of texts
+
+
+@pytest.mark.parametrize("images", [5, None, "a.png", Path("a.png")], ids=["int", "none", "str", "path"])
+def test_iter_embeddings_takes_an_iterable_of_images(host: Host, images: object) -> None:
+    with pytest.raises(OptionError, match="iter_embeddings takes an iterable of images"):
+        host.iter_embeddings(images)  # type: ignore[arg-type]
+
+
 def test_a_retrieval_checkpoint_does_not_caption(host: Host) -> None:
     assert host.tasks == ("match", "similarity", "embed")
     with pytest.raises(ModelLoadError, match="retrieval checkpoint without a language model.*not caption"):
