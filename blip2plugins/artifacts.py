@@ -186,7 +186,7 @@ def attach(model: Any, folder: str | Path, *, name: str | None = None) -> Attach
             attached.detach()  # put back what was already copied
             if not isinstance(exc, Exception):
                 raise
-            raise ModelLoadError(f"adapter {str(folder)!r} does not fit this model: {exc}") from None
+            raise ModelLoadError(f"adapter {str(folder)!r} does not fit this model: {_one_line(exc)}") from None
     return attached
 
 
@@ -204,11 +204,17 @@ def _attach_lora(attached: Attached, shown: str) -> None:
         for layer in _lora_layers(model):  # transformers' set_adapter needs a newer peft
             layer.set_adapter(name)
     except BaseException as exc:
-        reason = _misfit(model, name, shapes) or " ".join(str(exc).split())
+        reason = _misfit(model, name, shapes) or _one_line(exc)
         attached.detach()
         if not isinstance(exc, Exception):
             raise
         raise ModelLoadError(f"adapter {shown!r} does not fit this model: {reason}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line, cut to 300 characters (peft and transformers quote what they refuse)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else f"{text[:300]}..."
 
 
 def _peft_config(folder: Path) -> dict[str, Any]:
@@ -229,7 +235,7 @@ def _read_tensors(path: Path, shown: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types on corrupt files
-        raise ModelLoadError(f"adapter {shown!r}: cannot read {path.name}: {exc}") from None
+        raise ModelLoadError(f"adapter {shown!r}: cannot read {path.name}: {_one_line(exc)}") from None
 
 
 def _tensor_shapes(path: Path, shown: str) -> dict[str, tuple[int, ...]]:
@@ -238,7 +244,7 @@ def _tensor_shapes(path: Path, shown: str) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), "pt") as tensors:
             return {key: tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()}
     except Exception as exc:  # safetensors raises its own error types on corrupt files
-        raise ModelLoadError(f"adapter {shown!r}: cannot read {path.name}: {exc}") from None
+        raise ModelLoadError(f"adapter {shown!r}: cannot read {path.name}: {_one_line(exc)}") from None
 
 
 def _misfit(model: torch.nn.Module, name: str, shapes: dict[str, tuple[int, ...]]) -> str | None:

@@ -971,7 +971,7 @@ def _find_adapter(loaded: models.LoadedModel, adapter: Any) -> str:
     adapter = os.fsdecode(adapter)
     try:
         return models.find_adapter(loaded, adapter)
-    except (OSError, ValueError) as exc:  # no file system takes this name
+    except (OSError, ValueError, RuntimeError) as exc:  # no file system takes this name; "~nobody/x"
         try:
             parse_ref(adapter)
             reason = f"{exc.strerror if isinstance(exc, OSError) else exc}"

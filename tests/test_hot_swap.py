@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -212,3 +213,19 @@ def test_adapter_references_that_name_nothing_are_one_line(tiny_opt, tmp_path, m
             host.use_adapter(adapter)
         assert reason in str(caught.value) and "\n" not in str(caught.value) and len(str(caught.value)) < 600
         assert (exact(host), host.model_version) == before
+
+
+def test_an_adapter_config_peft_refuses_at_length_is_one_short_line(tiny_opt, tmp_path) -> None:
+    bad = Path(shutil.copytree(lora(tiny_opt, tmp_path / "a", 1), tmp_path / "bad"))
+    config = json.loads((bad / artifacts.PEFT_CONFIG).read_text())
+    (bad / artifacts.PEFT_CONFIG).write_text(json.dumps({**config, "peft_type": "x" * 1_000_000}))
+    with pytest.raises(ModelLoadError) as caught:
+        artifacts.attach(Blip2ForConditionalGeneration.from_pretrained(tiny_opt), bad)
+    assert len(str(caught.value)) < 500 and "\n" not in str(caught.value)
+
+
+def test_a_home_folder_that_does_not_exist_is_one_line(tiny_opt, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("BLIP2_ADAPTER_STORE", str(tmp_path))
+    with Host.load(str(tiny_opt)) as host:
+        with pytest.raises(ModelLoadError, match="adapter ~nobody-such-user/x: no such folder"):
+            host.use_adapter("~nobody-such-user/x")
