@@ -109,6 +109,7 @@ def run(folder: Path, scenario: str = "vocabulary", *, say: Callable[[str], None
         report["second_retrieve_s"] = round(time.perf_counter() - began, 2)
         second = ls_real.predictions(api, project, new)
         report["second_predicted_held_out"] = sum(1 for t in held_ids if t in second)
+        report["second_predicted_labeled"] = sum(1 for t in labeled_ids if t in second)
         special = [t for t in held_ids if not _ordinary(everything[index[t]][0]) or "tile" in everything[index[t]][1]]
         plain = [t for t in held_ids if t not in special]
         expected = lambda i: everything[i][1]  # noqa: E731

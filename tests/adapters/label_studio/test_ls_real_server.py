@@ -29,6 +29,7 @@ def test_captioning_project_end_to_end(tmp_path) -> None:
     assert report["new_version"] == "demo+project-1@v0001" == report["ls_model_version"]
     assert report["new_version"] in report["ls_versions"]
     assert report["second_predicted_held_out"] == report["held_out"], "Label Studio re-predicts with the new version"
+    assert report["second_predicted_labeled"] == 0, "only the selected (held-out) tasks are re-predicted"
     assert report["held_out_exact_plain"] >= 0.9, report
 
     # Interactive pre-annotation continues the annotator's draft.
