@@ -69,7 +69,8 @@ def test_run_and_retrieval_configs_refuse_bad_settings(make, message) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--lora-extra", "("], "Invalid value for '--lora-extra': '(' is not a valid regular expression"),
+    (["--lora-extra", "("], "Error: --lora-extra '(' is not a valid regular expression"),
+    (["--resume"], "Error: --resume and --checkpoint-every need --checkpoint-dir"),
     (["--lora-dropout", "nan"], "Invalid value for '--lora-dropout': must be a finite number in [0, 1), got nan"),
     (["--seed", "-1"], "Invalid value for '--seed'"),
     (["--seed", str(2**70)], "Invalid value for '--seed'"),

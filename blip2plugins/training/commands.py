@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -109,9 +110,15 @@ def register_commands(cli: click.Group) -> None:
 
 
 def _bad_setting(exc: Exception, ctx: click.Context) -> click.UsageError:
-    """A setting refused by a config, in command-line terms: the flag of the setting it starts with."""
+    """A setting refused by a config, in command-line terms: ``Invalid value for '--flag': must ...``, or
+    the message with the settings it names as flags (``--resume and --checkpoint-every need --checkpoint-dir``)."""
+    flags = {param.name: param.opts[-1] for param in ctx.command.params
+             if param.name and param.opts and param.opts[-1].startswith("--")}
     name, _, rest = str(exc).partition(" ")
-    flag = next((param.opts[0] for param in ctx.command.params if param.name == name and param.opts), None)
-    if flag is None:
-        return click.UsageError(str(exc))
-    return click.BadParameter(rest, param_hint=f"'{flag}'")
+    if name in flags and rest.startswith("must "):
+        return click.BadParameter(rest, param_hint=f"'{flags[name]}'")
+    message = str(exc)
+    for setting, flag in flags.items():
+        if "_" in setting or message.startswith(f"{setting} "):
+            message = re.sub(rf"\b{setting}\b", flag, message)
+    return click.UsageError(message)
