@@ -235,3 +235,14 @@ def test_a_full_disk_under_the_store_is_one_line_and_stores_nothing(tiny_opt, tm
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == f"blip2: cannot write the trained adapter to {store}: No space left on device"
     assert "Traceback" not in result.output and AdapterStore(store).names() == []
+
+
+def test_a_label_too_long_for_the_model_is_skipped_not_a_traceback_or_terabytes(tiny_opt, tmp_path) -> None:
+    data = write_dataset(tmp_path / "data", n=8)
+    with data.open("a") as file:
+        file.write(json.dumps({"image": "0.png", "caption": "a red circle " * 20_000}) + "\n")
+    result = finetune(str(tiny_opt), data, small(steps=1), out=tmp_path / "out")
+    skipped = {p["where"]: p["reason"] for p in result.report["dataset"]["skipped"]}
+    assert skipped[f"{data}:18"] == "too long for the model: 60002 tokens, and its context holds 124 beside the image"
+    with pytest.raises(DataError, match=r"labels\.jsonl:18: too long for the model"):
+        finetune(str(tiny_opt), read_dataset(data), small(steps=1), out=tmp_path / "strict", strict=True)

@@ -34,7 +34,7 @@ import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence, Union, overload
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union, overload
 
 from ..errors import DataError, ImageError, OptionError
 from ..families import FAMILIES, Family
@@ -202,6 +202,21 @@ class CaptionDataset(Sequence[Record]):
             kept, sources=self.sources, skipped=(*self.skipped, *dropped), duplicates=self.duplicates,
             _digests=self._digests,
         )
+
+    def drop(self, reason: Callable[[Record], str | None], *, strict: bool = False) -> CaptionDataset:
+        """The records ``reason`` finds nothing wrong with; the others are added to ``skipped`` (with
+        ``strict`` the first raises :class:`DataError` instead)."""
+        kept, dropped = [], []
+        for record in self.records:
+            why = reason(record)
+            if why is None:
+                kept.append(record)
+            elif strict:
+                raise DataError(str(Problem(record.where, why)))
+            else:
+                dropped.append(Problem(record.where, why))
+        return CaptionDataset(kept, sources=self.sources, skipped=(*self.skipped, *dropped),
+                              duplicates=self.duplicates, _digests=self._digests)
 
     def _subset(self, records: Iterable[Record]) -> CaptionDataset:
         return CaptionDataset(records, sources=self.sources, _digests=self._digests)

@@ -40,6 +40,7 @@ from ..host import Host
 from ..store import AdapterStore
 from ..types import AdapterVersion
 from . import checks
+from .collate import Collator
 from .data import CaptionDataset, Record, read_dataset
 from .loop import TrainConfig, train
 from .methods import apply_method
@@ -164,6 +165,10 @@ def finetune(model: str, data: CaptionDataset | str | Path | Sequence[str | Path
         raise ValueError(f"no usable training records: {dataset.summary()}")
     train_set, held_out = dataset.split(config.eval_split, seed=config.train.seed)
     loaded = models.load(model, device=device, dtype="float32", retrieval=False)
+    too_long = {r: why for r in dataset if (why := _too_long(loaded, r)) is not None}
+    dataset, train_set, held_out = (part.drop(too_long.get, strict=strict) for part in (dataset, train_set, held_out))
+    if len(train_set) == 0:
+        raise ValueError(f"no usable training records: {dataset.summary()}")
     main = _is_main_process(cpu=loaded.device.type == "cpu")
     if not main:
         log = _quiet
@@ -269,6 +274,20 @@ def _writing(where: Path) -> Iterator[None]:
         match = re.search(r"I/O error: (.*) \(os error \d+\)", reason)  # safetensors' wording
         reason = " ".join((match.group(1) if match else reason).split())
         raise StoreError(f"cannot write the trained adapter to {where}: {reason}") from None
+
+
+def _too_long(loaded: models.LoadedModel, record: Record) -> str | None:
+    """Why ``record`` does not fit the model's context beside the image's query tokens, or ``None``."""
+    family, tokenizer = loaded.family, loaded.processor.tokenizer
+    prompt = "" if record.question is None else family.render_question(record.question)
+    if family.decoder_only:
+        tokens = len(tokenizer(Collator.text(prompt, record.target)).input_ids) + 1  # + EOS
+    else:
+        tokens = max(len(tokenizer(prompt).input_ids), len(tokenizer(record.target).input_ids))
+    room = loaded.max_positions - loaded.num_query_tokens
+    if tokens <= room:
+        return None
+    return f"too long for the model: {tokens} tokens, and its context holds {room} beside the image"
 
 
 def _quiet(message: str) -> None:
