@@ -78,8 +78,15 @@ class _OneLine(logging.Formatter):
         return ""
 
 
+_MAX_MESSAGE = 1000
+
+
 def _fail(message: str, status: int = 2) -> NoReturn:
-    click.echo(f"blip2: error: {' '.join(message.split())}", err=True)
+    """``message`` on one line of stderr, its middle cut when it is long (an input echoed whole)."""
+    text = " ".join(message.split())
+    if len(text) > _MAX_MESSAGE:
+        text = f"{text[: _MAX_MESSAGE // 2]}...{text[-_MAX_MESSAGE // 4:]}"
+    click.echo(f"blip2: error: {text}", err=True)
     sys.exit(status)
 
 

@@ -353,7 +353,7 @@ def chat(host: Host, gen: dict[str, Any], image: str, as_json: bool) -> bool:
     while True:
         if interactive:
             click.echo("> ", nl=False, err=True)
-        question = sys.stdin.readline().strip()
+        question = _read_line(sys.stdin).strip()
         if not question:
             return ok
         try:
@@ -366,6 +366,15 @@ def chat(host: Host, gen: dict[str, Any], image: str, as_json: bool) -> bool:
             click.echo(_record(image, result, question=question, answer=result.text))
         else:
             click.echo(_one_line(result.text or ""))
+
+
+def _read_line(stream: IO[str]) -> str:
+    """One line of ``stream`` read as bytes: bytes that are not UTF-8 become surrogate escapes (the
+    question then fails alone, as not UTF-8 text) instead of a ``UnicodeDecodeError`` ending the chat."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        return stream.readline()
+    return buffer.readline().decode("utf-8", "surrogateescape")
 
 
 @click.command()

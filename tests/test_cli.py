@@ -310,3 +310,16 @@ def test_the_command_lets_idle_openmp_threads_sleep(code: str, env: dict[str, st
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
                             env={**clean, **env}, timeout=120)
     assert result.stdout.strip() == expected, result.stderr
+
+
+def test_chat_line_that_is_not_utf8_fails_alone(images: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "blip2plugins.cli", "chat", images["red"], "--model", "demo"],
+                          input=b"what \xff color?\nwhat color?\n", capture_output=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 1 and b"Traceback" not in done.stderr
+    assert b"is not valid UTF-8 text" in done.stderr and len(done.stdout.splitlines()) == 1
+
+
+def test_an_error_echoing_a_huge_argument_is_cut(images: dict[str, str]) -> None:
+    result = blip2("caption", images["red"], "--model", "x" * 5000)
+    assert result.returncode in (1, 2) and len(result.stderr) < 1100 and lines(result.stderr) == [result.stderr.strip()]
