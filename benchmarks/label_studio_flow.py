@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     args = p.parse_args()
     for scenario in ["vocabulary", "purple"] if args.scenario == "both" else [args.scenario]:
-        recipe = ls_flow.VOCABULARY_RECIPE if scenario == "vocabulary" and ls_flow.VOCABULARY_RECIPE else "the default"
+        recipe = ls_flow.RECIPES[scenario]
         print(f"== {scenario} (recipe: {recipe})")
         with tempfile.TemporaryDirectory(prefix=f"blip2-ls-flow-{scenario}-") as folder:
             report = ls_flow.run(Path(folder), scenario)

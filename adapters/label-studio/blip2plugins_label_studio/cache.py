@@ -1,9 +1,9 @@
-"""A bounded cache of downloaded task images, keyed by URL and revalidated with the server's validators.
+"""A bounded cache of downloaded task images, keyed by URL (least recently used first out, within a byte budget).
 
-An image answered with an ``ETag`` or ``Last-Modified`` is kept (least recently used first out, within a
-byte budget); the next download of that URL asks ``If-None-Match`` / ``If-Modified-Since`` and a
-``304 Not Modified`` reuses the kept bytes. Nothing is served without asking the server, so a changed
-or deleted image is never predicted from a stale copy.
+An image answered with an ``ETag`` or ``Last-Modified`` is kept; the next download of that URL asks
+``If-None-Match`` / ``If-Modified-Since`` and a ``304 Not Modified`` reuses the kept bytes. An image the
+caller knows cannot change (``immutable``: a file uploaded to Label Studio, whose name carries a random
+prefix given at upload and is never rewritten) is reused without asking.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ class Cached:
     data: bytes
     etag: str | None
     modified: str | None
+    immutable: bool = False
 
     def validators(self) -> dict[str, str]:
         """The conditional request headers that revalidate this copy."""
@@ -43,13 +44,14 @@ class ImageCache:
             self._items.move_to_end(url)
         return item
 
-    def put(self, url: str, headers: Mapping[str, str], data: bytes) -> None:
-        """Keep ``data`` when the answer's ``headers`` allow revalidating it, else forget ``url``."""
+    def put(self, url: str, headers: Mapping[str, str], data: bytes, *, immutable: bool = False) -> None:
+        """Keep ``data`` when it is ``immutable`` or the answer's ``headers`` allow revalidating it, else forget ``url``."""
         self.drop(url)
         etag, modified = headers.get("ETag"), headers.get("Last-Modified")
-        if not (etag or modified) or len(data) > self.max_bytes // 4 or "no-store" in headers.get("Cache-Control", ""):
+        if not (immutable or etag or modified) or len(data) > self.max_bytes // 4 \
+                or "no-store" in headers.get("Cache-Control", ""):
             return
-        self._items[url] = Cached(data, etag, modified)
+        self._items[url] = Cached(data, etag, modified, immutable)
         self._size += len(data)
         while self._size > self.max_bytes:
             _, oldest = self._items.popitem(last=False)

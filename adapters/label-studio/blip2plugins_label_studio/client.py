@@ -12,8 +12,10 @@ credentials); ``data:`` URIs are decoded locally. Redirects are followed by hand
 :data:`MAX_REDIRECTS`, each target checked like a task's URL (credentials only while the chain
 stays on Label Studio). Byte caps and timeouts come from :class:`~blip2plugins.types.ImageLimits`,
 ``download_timeout`` bounding a whole download (redirects and a token renewal included); at most
-``max_downloads`` run at once. The bytes then go through the core loader's checks (pixel cap,
-decoding) wherever they are used.
+``max_downloads`` run at once. Downloaded images are kept in a bounded cache (:mod:`.cache`): files
+uploaded to Label Studio are reused as they are (they never change), others are revalidated by their
+``ETag`` / ``Last-Modified``. The bytes then go through the core loader's checks (pixel cap, decoding)
+wherever they are used.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MAX_REDIRECTS = 5
 _REFRESH_PATH = "/api/token/refresh/"
 _EARLY = 30.0  # renew an access token this many seconds before it expires
 _RETRY_AFTER = 5.0  # a refused renewal is not asked again for this many seconds (one batch asks once)
+_UPLOADS = "/data/upload/"  # where Label Studio serves uploaded files
 _PAGE = 500  # tasks per page of the task list
 _SMALL_ANSWER = 1024 * 1024  # the token renewal's answer
 _USER_AGENT = "blip2plugins-label-studio"
@@ -83,6 +86,7 @@ class LabelStudioClient:
         self._lock = anyio.Lock()
         self._slots = anyio.CapacityLimiter(max_downloads)
         self._cache = ImageCache(cache_bytes)
+        self._uploads = urllib.parse.urlsplit(self.url or "").path + _UPLOADS
         timeout = httpx2.Timeout(self.limits.read_timeout, connect=self.limits.connect_timeout)
         self._http = httpx2.AsyncClient(timeout=timeout, transport=transport, headers={"User-Agent": _USER_AGENT})
 
@@ -116,6 +120,8 @@ class LabelStudioClient:
         url, ours = self.resolve(ref, task_id)
         where, seconds = describe_url(url), self.limits.download_timeout
         cached = self._cache.get(url)
+        if cached is not None and cached.immutable:
+            return cached.data
         async with self._slots:
             try:
                 with anyio.fail_after(seconds):
@@ -127,7 +133,7 @@ class LabelStudioClient:
                             self._cache.drop(url)
                             raise ImageError(where, f"HTTP {response.status_code}{_hint(response.status_code, ours)}")
                         data = await _read(response, where, self.limits.max_bytes)
-                        self._cache.put(url, response.headers, data)
+                        self._cache.put(url, response.headers, data, immutable=ours and self._uploaded(url))
                         return data
                     finally:
                         await response.aclose()
@@ -168,6 +174,12 @@ class LabelStudioClient:
             return False
         raise ImageError(describe_url(url), f"refused: {host or 'no host'} is neither Label Studio's host "
                                             "(LABEL_STUDIO_URL) nor allow-listed (--allow-host)")
+
+    def _uploaded(self, url: str) -> bool:
+        """Whether ``url`` is a file uploaded to Label Studio (``/data/upload/<project>/<random prefix>-<name>``):
+        such a file is never rewritten, so a copy stays good."""
+        parts = urllib.parse.urlsplit(url)
+        return parts.path.startswith(self._uploads) and not parts.query and ".." not in parts.path
 
     def _on_label_studio(self, path: str, ref: str) -> str:
         if self.url is None:

@@ -63,11 +63,11 @@ def test_images_come_with_credentials_and_within_the_limits() -> None:
 def test_a_personal_token_is_renewed_when_label_studio_refuses_the_access_token() -> None:
     pat = make_jwt("refresh", lifetime=3600)
     fake = FakeLabelStudio(pat)
-    fake.files["/data/upload/1/a.png"] = PNG
+    fake.files["/data/upload/1/a.png"] = fake.files["/data/upload/1/b.png"] = PNG
     client = client_for(fake)
     fetch(client, "/data/upload/1/a.png")
     fake.issued.clear()  # Label Studio forgets the access token (expired, or restarted)
-    fetch(client, "/data/upload/1/a.png")
+    fetch(client, "/data/upload/1/b.png")
     assert [path for _, path, _ in fake.seen].count("/api/token/refresh/") == 2
     with pytest.raises(ImageError, match="refused to renew"):
         fetch(LabelStudioClient(LABEL_STUDIO_URL, make_jwt("refresh"), transport=httpx2.MockTransport(fake.handler)),

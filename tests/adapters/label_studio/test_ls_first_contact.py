@@ -126,8 +126,8 @@ def test_images_are_revalidated_with_their_etag() -> None:
         return httpx2.Response(200, content=PNG, headers={"ETag": '"v1"'})
 
     client = LabelStudioClient("http://label-studio.test:8080", SECRETS[2], transport=httpx2.MockTransport(handler))
-    assert anyio.run(client.image_bytes, "/data/upload/1/a.png") == PNG
-    assert anyio.run(client.image_bytes, "/data/upload/1/a.png") == PNG
+    assert anyio.run(client.image_bytes, "/data/local-files/?d=a.png") == PNG
+    assert anyio.run(client.image_bytes, "/data/local-files/?d=a.png") == PNG
     assert seen == [None, '"v1"']
 
 
@@ -142,3 +142,18 @@ def test_per_project_state_is_bounded(make_backend) -> None:
         metrics.serving(str(project), "demo")
     series = {s.labels["project"] for m in metrics.version.collect() for s in m.samples}
     assert len(series) == MAX_PROJECT_LABELS + 1 and "other" in series
+
+
+def test_uploaded_images_are_fetched_once_and_others_each_time() -> None:
+    paths: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        paths.append(request.url.path)
+        return httpx2.Response(200, content=PNG)
+
+    client = LabelStudioClient("http://label-studio.test:8080", SECRETS[2], transport=httpx2.MockTransport(handler))
+    for _ in range(3):
+        for ref in ("/data/upload/1/0a1b2c3d-a.png", "/data/local-files/?d=a.png", "/tasks/1/resolve/?fileuri=eA"):
+            assert anyio.run(client.image_bytes, ref) == PNG
+    assert paths.count("/data/upload/1/0a1b2c3d-a.png") == 1
+    assert paths.count("/data/local-files/") == 3 and paths.count("/tasks/1/resolve/") == 3
