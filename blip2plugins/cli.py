@@ -136,7 +136,10 @@ def main(args: list[str] | None = None) -> None:
     except Blip2Error as exc:  # a command let one through: still one line, never a traceback
         _fail(str(exc))
     except OSError as exc:  # e.g. a full disk under stdout (click itself ends quietly on a closed pipe)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        except (OSError, ValueError):  # a stdout without a file descriptor (io.UnsupportedOperation is both)
+            pass
         _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror or str(exc), status=1)
 
 

@@ -323,3 +323,16 @@ def test_chat_line_that_is_not_utf8_fails_alone(images: dict[str, str]) -> None:
 def test_an_error_echoing_a_huge_argument_is_cut(images: dict[str, str]) -> None:
     result = blip2("caption", images["red"], "--model", "x" * 5000)
     assert result.returncode in (1, 2) and len(result.stderr) < 1100 and lines(result.stderr) == [result.stderr.strip()]
+
+
+def test_main_in_process_reports_an_os_error_without_a_stdout_descriptor(images: dict[str, str], capsys,
+                                                                          monkeypatch) -> None:
+    import io
+
+    from blip2plugins.cli import main
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # as under a test runner: no file descriptor
+    with pytest.raises(SystemExit) as exit_:
+        main(["caption", images["red"], "--model", "x" * 5000])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "File name too long" in err and len(err) < 1100 and "Traceback" not in err
