@@ -27,6 +27,7 @@ from typing import Any, Callable
 import anyio
 from blip2plugins.errors import Blip2Error
 from blip2plugins.jsonfile import JSONReadError, loads
+from blip2plugins.types import AdapterVersion
 
 from .client import LabelStudioClient
 from .files import write_atomic, write_json
@@ -125,7 +126,7 @@ async def _records(client: LabelStudioClient, cache: Path, labels: list[Label]) 
     return records, sorted(skipped)
 
 
-def _trained_on(settings: Settings, project: str, records: list[Any]) -> Any:
+def _trained_on(settings: Settings, project: str, records: list[Any]) -> AdapterVersion | None:
     """The adapter version already trained on exactly ``records`` (by the dataset's fingerprint) from the
     version serving now: the current one, or a refused attempt from it; None when there is none."""
     from blip2plugins.store import AdapterStore

@@ -18,7 +18,7 @@ from blip2plugins_label_studio.app import MAX_PROJECTS
 from blip2plugins_label_studio.client import LabelStudioClient
 from blip2plugins_label_studio.metrics import MAX_PROJECT_LABELS, Metrics
 
-from ls_fake import FakeLabelStudio, backend_of, make_jwt, ready
+from ls_fake import backend_of, make_jwt, ready
 from ls_payloads import CONFIG, PROJECT, SECRETS, png, predict_body, setup_body, task, upload_path
 
 PNG = png(world.make_scene({"circle": "red"}))
@@ -45,7 +45,7 @@ def test_a_wrong_key_is_refused_at_setup_where_label_studio_shows_it(make_backen
     assert "label_studio_error" not in client.get("/health").json()
 
 
-def test_a_missing_key_is_refused_at_setup(make_backend, monkeypatch) -> None:
+def test_a_missing_key_is_refused_at_setup(make_backend) -> None:
     client, _ = make_backend()
     backend_of(client).client._key = None
     answer = client.post("/setup", json=setup_body())
