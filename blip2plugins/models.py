@@ -19,6 +19,7 @@ from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2ForIma
 from . import artifacts
 from .errors import ModelLoadError, StoreError
 from .families import Family, family_of
+from .images import describe
 from .jsonfile import JSONReadError, load_file
 from .presets import resolve
 from .types import GENERATION_TASKS, RETRIEVAL_TASKS, ModelPreset
@@ -191,7 +192,7 @@ def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str
 
 
 def _load(model: str, *, device: str, dtype: str, quantize: str | None, retrieval: str | bool) -> LoadedModel:
-    preset = resolve(model)
+    preset = _resolve(model)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     if _is_retrieval(preset):
@@ -224,13 +225,22 @@ def _load(model: str, *, device: str, dtype: str, quantize: str | None, retrieva
     check_pair(net, processor, preset.name)
     head = None
     if companion:
-        head_preset = resolve(companion)
+        head_preset = _resolve(companion)
         if not _is_retrieval(head_preset):
             raise ModelLoadError(f"retrieval model {companion!r}: not a retrieval checkpoint (Blip2ForImageTextRetrieval)")
         head = _load_retrieval(head_preset, dev, torch_dtype)
         if quantization is None:
             _share_vision(net, head)
     return LoadedModel(preset, net, processor, family, _version(preset, net), dev, torch_dtype, retrieval=head)
+
+
+def _resolve(model: str) -> ModelPreset:
+    """The preset of ``model``; a name the file system refuses (too long, a NUL) is a :class:`ModelLoadError`."""
+    try:
+        return resolve(model)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ModelLoadError(f"model {describe(model)}: {reason}") from None
 
 
 def _share_vision(net: Blip2ForConditionalGeneration, head: RetrievalModel) -> None:

@@ -122,3 +122,9 @@ def test_a_bad_config_json_is_one_line_naming_the_folder(tmp_path, capfd, edit, 
     assert "\n" not in text and len(text) < 600 and "model 'model'" in text
     assert folder in text or "config.json" in text
     assert "LOAD REPORT" not in capfd.readouterr().err  # transformers' multi-line report is held back
+
+
+def test_a_model_name_the_file_system_refuses_is_one_short_line() -> None:
+    with pytest.raises(ModelLoadError, match="File name too long$") as caught:
+        Host.load("x" * 5000, device="cpu")
+    assert len(str(caught.value)) < 300
