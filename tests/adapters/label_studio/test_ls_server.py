@@ -73,9 +73,14 @@ def test_workers_follow_the_store_current_version(tmp_path) -> None:
 
     store_dir, model_dir = tmp_path / "store", tmp_path / "model-dir"
     labels = LabelStore(model_dir / "projects" / "1")
-    for i, scene in enumerate(scenarios.scenes(8, "ls-workers", keep=scenarios.has("square"))):
-        image = "data:image/png;base64," + base64.b64encode(png(scene)).decode()
-        labels.put(Label(i, 100 + i, (Entry("caption", image, (scenarios.team_caption(scene),)),)))
+    scenes = scenarios.scenes(9, "ls-workers", keep=scenarios.has("square"))
+
+    def label(i: int) -> None:
+        image = "data:image/png;base64," + base64.b64encode(png(scenes[i])).decode()
+        labels.put(Label(i, 100 + i, (Entry("caption", image, (scenarios.team_caption(scenes[i]),)),)))
+
+    for i in range(8):
+        label(i)
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"train": {"method": "lora", "steps": 2, "batch_size": 8, "warmup": 1},
                                   "eval_split": 0.25, "margin": -1}))
@@ -101,6 +106,7 @@ def test_workers_follow_the_store_current_version(tmp_path) -> None:
         assert list(versions_by_worker().values()) == [{"demo"}, {"demo"}]
         assert job.run(settings, "1")["status"] == "promoted"
         assert list(versions_by_worker().values()) == [{"demo+project-1@v0001"}] * 2
+        label(8)  # something new to learn
         assert job.run(settings, "1")["status"] == "promoted"
         AdapterStore(store_dir).rollback("demo", "project-1")
         assert list(versions_by_worker().values()) == [{"demo+project-1@v0001"}] * 2
