@@ -143,8 +143,9 @@ def _check_type(name: str, value: Any, kind: type) -> Any:
             return value
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            if value.bit_length() > 64:  # beyond every range below (and too long to print)
-                raise OptionError(f"{name} must be a whole number of at most 64 bits, got one of {value.bit_length():,} bits")
+            if value.bit_length() > 256:  # beyond every range below, and too long to print
+                raise OptionError(f"{name} must be a whole number of at most 256 bits, "
+                                  f"got one of {value.bit_length():,} bits")
             return value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
@@ -175,7 +176,7 @@ def _range(name: str, value: float, low: float, high: float, why: str = "") -> N
     """``value`` in ``[low, high]``; outside it, :class:`OptionError` (with ``why`` for a value below ``low``)."""
     if not low <= value <= high:
         reason = f" ({why})" if why and value < low else ""
-        raise OptionError(f"{name} must be between {low:g} and {high:g}, got {value}{reason}")
+        raise OptionError(f"{name} must be a finite number between {low:g} and {high:g}, got {value}{reason}")
 
 
 def _shown(value: Any, limit: int = 80) -> str:
