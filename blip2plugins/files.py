@@ -3,10 +3,12 @@ exclusive lock that lets several processes update one file or folder."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import re
+import stat
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +24,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically: write aside, fsync, ``os.replace``, fsync the folder.
 
     The temporary file is locked while it is written, so :func:`remove_stale_temps` can tell it from
-    one whose writer died.
+    one whose writer died. Anything at ``path`` but a regular file or a symbolic link (a device such
+    as ``/dev/null``, a named pipe, a folder) is refused with an ``OSError``, never replaced.
     """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise OSError(errno.EEXIST, "exists and is not a regular file", str(path))
     tmp, out = _locked_temp(path)
     try:
         with out:

@@ -181,7 +181,7 @@ ARGUMENTS = {
     "add-batch-size-0": ["add", "{idx}", "{good}", "--batch-size", "0"], "add-batch-size-huge": ["add", "{idx}", "{good}", "--batch-size", "9" * 30],
     "add-other-model": ["add", "{idx}", "{good}", "--model", "/nonexistent-model"], "remove-unknown": ["remove", "{idx}", "nope.png"],
     "remove-nul": ["remove", "{idx}", "a\x00b"], "build-out-dir": ["build", "{good}", "--out", "{empty_dir}"],
-    "build-out-dev-null": ["build", "{good}", "--out", "/dev/null"], "build-out-250-chars": ["build", "{good}", "--out", "{long}"],
+    "build-out-fifo": ["build", "{good}", "--out", "{fifo}"], "build-out-250-chars": ["build", "{good}", "--out", "{long}"],
     "build-out-in-missing-dir": ["build", "{good}", "--out", "/nonexistent/dir/x.idx"], "build-only-bad": ["build", "{bomb}", "--out", "{new}"],
     "build-fifo-only": ["build", "{fifo}", "--out", "{new}"], "info-missing": ["info", "/nonexistent.idx"],
     "search-missing": ["search", "/nonexistent.idx", "a"], "add-to-missing": ["add", "/nonexistent/x.idx", "{good}"],
