@@ -93,7 +93,7 @@ def load_http(url: str, limits: ImageLimits) -> bytes:
     except httpx2.TooManyRedirects as exc:
         raise ImageError(description, "too many redirects") from exc
     except httpx2.InvalidURL as exc:
-        raise ImageError(description, f"invalid URL: {exc}") from exc
+        raise ImageError(description, f"invalid URL: {_short(exc)}") from exc
     except httpx2.HTTPError as exc:
         raise ImageError(description, f"unreachable: {_short(exc)}") from exc
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping, Sequence
 
 from .errors import OptionError
+from .texts import shown
 
 MAX_NEW_TOKENS_DEFAULT = 30
 #: An encoder-decoder model (FlanT5) has no context limit on what it generates: without this cap a
@@ -152,13 +153,13 @@ def _check_type(name: str, value: Any, kind: type) -> Any:
             return float(value)
         except OverflowError:  # an int beyond any float
             raise OptionError(f"{name} must be a finite number, got an int of {value.bit_length():,} bits") from None
-    raise OptionError(f"{name} must be {kind.__name__}, got {type(value).__name__} {_shown(value)}")
+    raise OptionError(f"{name} must be {kind.__name__}, got {type(value).__name__} {shown(value)}")
 
 
 def _stop_strings(name: str, value: Any) -> tuple[str, ...]:
     items: Sequence[Any] = (value,) if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
-        raise OptionError(f"{name} must be a non-empty string or a list of non-empty strings, got {_shown(value)}")
+        raise OptionError(f"{name} must be a non-empty string or a list of non-empty strings, got {shown(value)}")
     return tuple(dict.fromkeys(items))
 
 
@@ -178,11 +179,3 @@ def _range(name: str, value: float, low: float, high: float, why: str = "") -> N
         reason = f" ({why})" if why and value < low else ""
         raise OptionError(f"{name} must be a finite number between {low:g} and {high:g}, got {value}{reason}")
 
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to about ``limit`` characters (a value holding a huge int: its type)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int of more than 4,300 digits
-        return f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

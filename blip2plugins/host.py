@@ -41,7 +41,7 @@ from .errors import Blip2Error, ModelLoadError, OptionError, PluginError, StoreE
 from .generation import GenerationOptions
 from .images import describe, load_image
 from .store import parse_ref
-from .texts import require_text
+from .texts import require_text, shown
 from .types import ImageEmbedding, Result
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class Host:
         self.loaded.require("ask")
         if not isinstance(question, (str, list, tuple)):
             raise OptionError(f"a question must be a string (or a list of them), got {type(question).__name__} "
-                              f"{_shown(question)}")
+                              f"{shown(question)}")
         _require_strings([question] if isinstance(question, str) else question, "a question")
         opts = self._image_options(**options)
         family = self.loaded.family
@@ -999,7 +999,7 @@ def _text_list(texts: Any) -> list[str]:
     if isinstance(texts, str):
         return _checked_texts([texts])
     if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
-        raise OptionError(f"texts must be a string or a list of strings, got {type(texts).__name__} {_shown(texts)}")
+        raise OptionError(f"texts must be a string or a list of strings, got {type(texts).__name__} {shown(texts)}")
     return _checked_texts(list(texts))
 
 
@@ -1007,16 +1007,8 @@ def _require_strings(values: Sequence[Any], what: str) -> None:
     """Refuse the first value that is not a string, naming its type and (briefly) itself."""
     for value in values:
         if not isinstance(value, str):
-            raise OptionError(f"{what} must be a string, got {type(value).__name__} {_shown(value)}")
+            raise OptionError(f"{what} must be a string, got {type(value).__name__} {shown(value)}")
 
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` cut to 60 characters, for error messages."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print
-        return "(an integer of thousands of digits)"
-    return text if len(text) <= 60 else f"{text[:60]}..."
 
 
 def _iterable(images: Any, method: str) -> Iterable[Any]:

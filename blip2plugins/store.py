@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterator, Mapping
 from . import jsonfile, plugins
 from .errors import StoreError
 from .files import exclusive_lock, fsync_dir, remove_stale_temps, write_atomic
+from .texts import shown
 from .types import AdapterVersion
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def version_id(version: str | int) -> str:
         return f"v{version:04d}"
     match = re.fullmatch(r"[vV]?([0-9]{1,9})", version.strip()) if isinstance(version, str) else None
     if not match or int(match[1]) < 1:
-        raise StoreError(f"version {_shown(version)} is not a version id like v0003")
+        raise StoreError(f"version {shown(version)} is not a version id like v0003")
     return f"v{int(match[1]):04d}"
 
 
@@ -106,7 +107,7 @@ class AdapterStore:
         if base_model is not None:
             model_dir = self._model_dir(base_model)
             if not _is_dir(model_dir):
-                raise StoreError(f"no adapters for base model {_shown(base_model)} in {self.root} "
+                raise StoreError(f"no adapters for base model {shown(base_model)} in {self.root} "
                                  f"(base models: {_listing(sorted({b for b, _ in self.names()}))})")
             models = [(base_model, model_dir)]
         else:
@@ -138,7 +139,7 @@ class AdapterStore:
         folder = adapter_dir / vid
         if not _is_dir(folder):
             known = [entry.name for entry in _version_dirs(adapter_dir)]
-            raise StoreError(f"adapter {name!r} of {_shown(base_model)} has no version {vid} (versions: {_listing(known)})")
+            raise StoreError(f"adapter {name!r} of {shown(base_model)} has no version {vid} (versions: {_listing(known)})")
         adapter = _read_version(folder, base_model, name)
         return _with_decisions(adapter, self._history(adapter_dir) if history is None else history)
 
@@ -166,7 +167,7 @@ class AdapterStore:
         current = self.current(base_model, name)
         if current is None:
             self.versions(base_model, name)  # an unknown adapter: say which exist
-            raise StoreError(f"adapter {name!r} of {_shown(base_model)} has no current version "
+            raise StoreError(f"adapter {name!r} of {shown(base_model)} has no current version "
                              f"(promote one, or name it as {name}@VERSION)")
         return current
 
@@ -180,10 +181,10 @@ class AdapterStore:
         _check_name(name)
         self._model_dir(base_model)
         if not isinstance(method, str) or not method.strip():
-            raise StoreError(f"method must be a non-empty string, got {_shown(method)}")
+            raise StoreError(f"method must be a non-empty string, got {shown(method)}")
         _check_text(method, "method")
         if not isinstance(dataset, str):
-            raise StoreError(f"dataset must be a string (a fingerprint), got {_shown(dataset)}")
+            raise StoreError(f"dataset must be a string (a fingerprint), got {shown(dataset)}")
         _check_text(dataset, "dataset")
         checked_metrics = _check_metrics(metrics)
         if parent is not None:
@@ -236,9 +237,9 @@ class AdapterStore:
         """
         for label, value in (("margin", margin), ("baseline", 0.0 if baseline is None else baseline)):
             if not _finite(value):
-                raise StoreError(f"{label} must be a finite number, got {_shown(value)}")
+                raise StoreError(f"{label} must be a finite number, got {shown(value)}")
         if not isinstance(metric, str) or not metric:
-            raise StoreError(f"metric must be a metric's name, got {_shown(metric)}")
+            raise StoreError(f"metric must be a metric's name, got {shown(metric)}")
         _check_text(metric, "metric")
         if baseline_version is not None:
             baseline_version = version_id(baseline_version)
@@ -280,7 +281,7 @@ class AdapterStore:
         with self._locked():
             state = self._read_current(adapter_dir)
             if state is None or not state["previous"]:
-                raise StoreError(f"adapter {name!r} of {_shown(base_model)} has no previous version to roll back to")
+                raise StoreError(f"adapter {name!r} of {shown(base_model)} has no previous version to roll back to")
             restored = self._get(base_model, name, state["previous"].pop(), state["history"])
             state["history"].append({"action": "rollback", "version": restored.version, "from": state["current"],
                                      "at": _now()})
@@ -334,12 +335,12 @@ class AdapterStore:
 
     def _checked_root(self) -> Path:
         if "\0" in str(self.root):
-            raise StoreError(f"adapter store {_shown(str(self.root))}: a folder name cannot hold a NUL character")
+            raise StoreError(f"adapter store {shown(str(self.root))}: a folder name cannot hold a NUL character")
         return self.root
 
     def _model_dir(self, base_model: str) -> Path:
         if not isinstance(base_model, str) or not base_model.strip():
-            raise StoreError(f"base model must be a non-empty string, got {_shown(base_model)}")
+            raise StoreError(f"base model must be a non-empty string, got {shown(base_model)}")
         return self._checked_root() / model_slug(base_model)
 
     def model_problem(self, base_model: str) -> str | None:
@@ -350,7 +351,7 @@ class AdapterStore:
             stored = _read_json(path).get("base_model")
         except StoreError as exc:
             return str(exc)
-        return None if stored == base_model else f"{path}: holds base model {_shown(stored)}, not {_shown(base_model)}"
+        return None if stored == base_model else f"{path}: holds base model {shown(stored)}, not {shown(base_model)}"
 
     def _model_name(self, model_dir: Path) -> str | None:
         """The base model a slug folder holds: its MODEL.json's, else (with a warning) that of a
@@ -377,7 +378,7 @@ class AdapterStore:
         folder = self._model_dir(base_model) / _check_name(name)
         if not _is_dir(folder):
             known = [adapter for _, adapter in self.names(base_model)]
-            raise StoreError(f"no adapter {name!r} for base model {_shown(base_model)} in {self.root} "
+            raise StoreError(f"no adapter {name!r} for base model {shown(base_model)} in {self.root} "
                              f"(adapters: {_listing(known)})")
         return folder
 
@@ -389,7 +390,7 @@ class AdapterStore:
         if not os.path.lexists(model_file):
             _write_json(model_file, {"base_model": base_model})
         elif (stored := _read_json(model_file).get("base_model")) != base_model:
-            raise StoreError(f"{model_file}: holds base model {_shown(stored)}, not {_shown(base_model)}")
+            raise StoreError(f"{model_file}: holds base model {shown(stored)}, not {shown(base_model)}")
         adapter_dir = model_dir / name
         adapter_dir.mkdir(exist_ok=True)
         return adapter_dir
@@ -465,14 +466,14 @@ def _verdict(adapter: AdapterVersion, current: AdapterVersion | None, metric: st
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """``(name, version id or None)`` of ``"NAME"`` or ``"NAME@VERSION"``, both checked."""
     if not isinstance(ref, str):
-        raise StoreError(f"an adapter reference is NAME or NAME@VERSION, got {_shown(ref)}")
+        raise StoreError(f"an adapter reference is NAME or NAME@VERSION, got {shown(ref)}")
     name, at, version = ref.partition("@")
     return _check_name(name), version_id(version) if at else None
 
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise StoreError(f"adapter name {_shown(name)} must be 1-64 lowercase letters, digits, '.', '_' or '-', "
+        raise StoreError(f"adapter name {shown(name)} must be 1-64 lowercase letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit")
     return name
 
@@ -483,19 +484,19 @@ def _check_text(text: str, what: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise StoreError(f"{what} {_shown(text)} is not valid text (it holds a lone surrogate)") from None
+        raise StoreError(f"{what} {shown(text)} is not valid text (it holds a lone surrogate)") from None
 
 
 def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     if not isinstance(metrics, Mapping):
-        raise StoreError(f"metrics must be a mapping of name to number, got {_shown(metrics)}")
+        raise StoreError(f"metrics must be a mapping of name to number, got {shown(metrics)}")
     checked = {}
     for key, value in metrics.items():
         if not isinstance(key, str) or not key:
-            raise StoreError(f"metric names must be non-empty strings, got {_shown(key)}")
+            raise StoreError(f"metric names must be non-empty strings, got {shown(key)}")
         _check_text(key, "metric name")
         if not _finite(value):
-            raise StoreError(f"metric {_shown(key)} must be a finite number, got {_shown(value)}")
+            raise StoreError(f"metric {shown(key)} must be a finite number, got {shown(value)}")
         checked[key] = float(value)
     return checked
 
@@ -522,7 +523,7 @@ def _read_version(folder: Path, base_model: str, name: str) -> AdapterVersion:
     path = folder / VERSION_FILE
     data = _read_json(path)
     if data.get("format", FORMAT) != FORMAT:
-        raise StoreError(f"{path}: format {_shown(data['format'])}, not {FORMAT} (written by another blip2plugins)")
+        raise StoreError(f"{path}: format {shown(data['format'])}, not {FORMAT} (written by another blip2plugins)")
     fields: dict[str, Any] = {"path": str(folder)}
     for field in dataclasses.fields(AdapterVersion):
         if field.name == "path" or (field.name not in data and field.name not in _REQUIRED):
@@ -537,13 +538,13 @@ def _read_version(folder: Path, base_model: str, name: str) -> AdapterVersion:
         else:
             valid = isinstance(value, str)
         if not valid:
-            raise StoreError(f"{path}: bad or missing {field.name!r}: {_shown(value)}")
+            raise StoreError(f"{path}: bad or missing {field.name!r}: {shown(value)}")
         fields[field.name] = value
     adapter = AdapterVersion(**fields)
     if (adapter.base_model, adapter.name, adapter.version) != (base_model, name, folder.name):
-        raise StoreError(f"{path}: describes {_shown(adapter.name)} {_shown(adapter.version)} of "
-                         f"{_shown(adapter.base_model)}, but lies in the folder of {name!r} {folder.name} of "
-                         f"{_shown(base_model)}")
+        raise StoreError(f"{path}: describes {shown(adapter.name)} {shown(adapter.version)} of "
+                         f"{shown(adapter.base_model)}, but lies in the folder of {name!r} {folder.name} of "
+                         f"{shown(base_model)}")
     return adapter
 
 
@@ -657,17 +658,9 @@ def _version_dirs(adapter_dir: Path) -> list[Path]:
 
 
 def _listing(items: list[str], most: int = 10) -> str:
-    shown = ", ".join(_shown(item, 60).strip("'") for item in items[:most]) or "none"
-    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+    listed = ", ".join(shown(item, 60).strip("'") for item in items[:most]) or "none"
+    return listed + (f" and {len(items) - most} more" if len(items) > most else "")
 
-
-def _shown(value: object, most: int = 80) -> str:
-    """``repr(value)`` cut to ``most`` characters: error messages stay one short line."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print
-        return "an integer of thousands of digits"
-    return text if len(text) <= most else f"{text[:most]}... ({len(text):,} characters)"
 
 
 def _now() -> str:
