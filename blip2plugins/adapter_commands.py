@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .commands import _options, _table, one_line_errors
+from .commands import PathName, _options, _table, one_line_errors
 from .errors import ModelLoadError, StoreError
 from .hookspecs import hookimpl
 from .presets import resolve
@@ -17,7 +17,7 @@ from .store import ENV_STORE, AdapterStore
 from .types import AdapterVersion
 
 store_option = click.option(
-    "--store", type=click.Path(file_okay=False, path_type=Path), envvar=ENV_STORE, show_envvar=True,
+    "--store", type=PathName(file_okay=False, path_type=Path), envvar=ENV_STORE, show_envvar=True,
     help="Adapter store folder.  [default: the user cache, ~/.cache/blip2plugins/adapters on Linux]",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -82,6 +82,15 @@ class RealRange(_Brief, click.FloatRange):
     """``click.FloatRange`` that never echoes thousands of characters back."""
 
 
+class PathName(click.Path):
+    """``click.Path`` that refuses an empty name (it would mean the current folder) and a NUL byte."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and (not value or "\0" in value):
+            self.fail("an empty path" if not value else "a path with a NUL byte", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _options(*decorators: Callable[[Callable[..., Any]], Any]) -> Callable[[Callable[..., Any]], Any]:
     def apply(function: Callable[..., Any]) -> Any:
         for decorator in reversed(decorators):

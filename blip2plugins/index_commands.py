@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from .commands import DEMO_MODEL, PROGRESS_THRESHOLD, _load_host, _one_line, _options, one_line_errors
+from .commands import DEMO_MODEL, PROGRESS_THRESHOLD, PathName, _load_host, _one_line, _options, one_line_errors
 from .errors import Blip2Error
 from .hookspecs import hookimpl
 from .images import describe, printable
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 _DEMO_NOTE = ("blip2: note: using the bundled demo model, which only knows synthetic shapes; pick another with "
               "--model NAME or BLIP2_MODEL (`blip2 models` lists them)")
 
-index_path = click.Path(dir_okay=False, path_type=Path)
+index_path = PathName(dir_okay=False, path_type=Path)
 
 
 class _Count(click.IntRange):

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from blip2plugins.cli import build_cli
 from blip2plugins.demo import MODEL_DIR, world
 
 from test_images import png_header_only
@@ -341,3 +343,18 @@ def test_main_in_process_reports_an_os_error_without_a_stdout_descriptor(images:
         main(["caption", images["red"], "--model", "demo"])
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and err == "blip2: error: /full/disk: No space left on device\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--data", "x.jsonl", "--store", ""],
+    ["train", "--data", "x.jsonl", "--out", ""],
+    ["adapters", "list", "--store", ""],
+    ["index", "info", ""],
+    ["train", "--data", "x.jsonl", "--store", "a\0b"],
+])
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               args: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 2 and ("an empty path" in result.output or "a NUL byte" in result.output), result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written where the process stands

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..commands import PathName
 from ..hookspecs import hookimpl
 from . import MODEL_DIR
 
@@ -20,7 +21,7 @@ def register_commands(cli: click.Group) -> None:
     @demo.command("train")
     @click.option("--seed", type=int, default=None, help="Seed of the data, weights and order (default: the shipped model's).")
     @click.option("--steps", type=int, default=None, help="Optimizer steps (default: the shipped model's).")
-    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=MODEL_DIR, show_default=True,
+    @click.option("--out", type=PathName(file_okay=False, path_type=Path), default=MODEL_DIR, show_default=True,
                   help="Folder to write the model, processor and model card to.")
     @click.option("--threads", type=int, default=2, show_default=True, help="CPU threads for torch.")
     @click.option("--eval-scenes", type=int, default=None, help="Held-out scenes to measure (default: the recipe's).")
@@ -36,7 +37,7 @@ def register_commands(cli: click.Group) -> None:
                                "total_seconds": facts["total_seconds"], **facts["metrics"]}, indent=2))
 
     @demo.command("eval")
-    @click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=MODEL_DIR,
+    @click.option("--model-dir", type=PathName(exists=True, file_okay=False, path_type=Path), default=MODEL_DIR,
                   show_default=True, help="A BLIP-2 folder (model + processor).")
     @click.option("--scenes", type=int, default=500, show_default=True, help="Number of fresh scenes.")
     @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the scenes.")
@@ -56,7 +57,7 @@ def register_commands(cli: click.Group) -> None:
     @demo.command("train-retrieval")
     @click.option("--seed", type=int, default=None, help="Seed of the data, new weights and order (default: the shipped head's).")
     @click.option("--steps", type=int, default=None, help="Optimizer steps (default: the shipped head's).")
-    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=MODEL_DIR / "retrieval",
+    @click.option("--out", type=PathName(file_okay=False, path_type=Path), default=MODEL_DIR / "retrieval",
                   show_default=True, help="Folder to write the retrieval model, processor and model card to.")
     @click.option("--threads", type=int, default=2, show_default=True, help="CPU threads for torch.")
     def train_retrieval_cmd(seed: int | None, steps: int | None, out: Path, threads: int) -> None:
@@ -71,7 +72,7 @@ def register_commands(cli: click.Group) -> None:
                                **facts["metrics"]}, indent=2))
 
     @demo.command("eval-retrieval")
-    @click.option("--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    @click.option("--model-dir", type=PathName(exists=True, file_okay=False, path_type=Path),
                   default=MODEL_DIR / "retrieval", show_default=True, help="A BLIP-2 retrieval folder (model + processor).")
     @click.option("--scenes", type=click.IntRange(min=1), default=500, show_default=True, help="Number of fresh scenes.")
     @click.option("--seed", type=int, default=None, help="Seed of the scenes (default: the shipped head's held-out seed).")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..commands import Real, RealRange, WholeRange
+from ..commands import PathName, Real, RealRange, WholeRange
 from ..hookspecs import hookimpl
 from .checks import MAX_SEED
 
@@ -19,16 +19,16 @@ _METHODS = ("lora", "qformer", "full")
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     @cli.command("train")
-    @click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
+    @click.option("--data", "data", multiple=True, required=True, type=PathName(path_type=Path),
                   help="JSONL, CSV, COCO captions JSON or Label Studio JSON export (repeatable).")
     @click.option("--method", type=click.Choice(_METHODS), default="lora", show_default=True,
                   help="lora: adapters on the language model; qformer: Q-Former, queries and projection; full: everything.")
     @click.option("--model", envvar="BLIP2_MODEL", default="demo", show_default=True, metavar="NAME|PATH",
                   help="Base model: preset, checkpoint folder or hub id.")
-    @click.option("--store", type=click.Path(file_okay=False, path_type=Path), envvar="BLIP2_ADAPTER_STORE",
+    @click.option("--store", type=PathName(file_okay=False, path_type=Path), envvar="BLIP2_ADAPTER_STORE",
                   help="Adapter store to add the new version to (default: BLIP2_ADAPTER_STORE or the user cache).")
     @click.option("--name", default="default", show_default=True, help="Adapter name inside the store.")
-    @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+    @click.option("--out", type=PathName(file_okay=False, path_type=Path),
                   help="Write the artifact and report to this folder instead of a store.")
     @click.option("--eval-split", type=RealRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
                   help="Fraction of images held out to measure the model before and after.")
@@ -56,7 +56,7 @@ def register_commands(cli: click.Group) -> None:
     @click.option("--augment", multiple=True, type=click.Choice(["hflip", "vflip"]),
                   help="Random flips of the training images (only for texts without left/right, up/down).")
     @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
-    @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+    @click.option("--checkpoint-dir", type=PathName(file_okay=False, path_type=Path),
                   help="Save resumable checkpoints here.")
     @click.option("--checkpoint-every", type=WholeRange(0), default=0, help="Steps between checkpoints.")
     @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --checkpoint-dir.")

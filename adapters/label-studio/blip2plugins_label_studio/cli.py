@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import click
+from blip2plugins.commands import PathName
 from blip2plugins.types import ImageLimits
 
 from .settings import (ENV_API_KEY, ENV_AUTH_PASS, ENV_AUTH_USER, ENV_SETTINGS, ENV_URL, Settings, default_model_dir,
@@ -24,10 +25,10 @@ _SECRETS = f"Secrets come from the environment only: {ENV_API_KEY}, {ENV_AUTH_US
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="Weight dtype.")
 @click.option("--quantize", type=click.Choice(["8bit", "4bit"]), help="Quantize the language model (bitsandbytes).")
-@click.option("--model-dir", envvar="MODEL_DIR", show_envvar=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--model-dir", envvar="MODEL_DIR", show_envvar=True, type=PathName(file_okay=False, path_type=Path),
               help=f"Folder for the label stores, training runs and image cache.  [default: {default_model_dir()}]")
 @click.option("--adapter-store", envvar="BLIP2_ADAPTER_STORE", show_envvar=True,
-              type=click.Path(file_okay=False, path_type=Path),
+              type=PathName(file_okay=False, path_type=Path),
               help="Adapter store shared by the workers (and `blip2 adapters`).  [default: the core's store]")
 @click.option("--workers", envvar="WORKERS", show_envvar=True, default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes; each loads the model and follows the adapter store's current version.")
