@@ -142,10 +142,7 @@ class Host:
 
     def __init__(self, loaded: models.LoadedModel, *, max_batch_size: int = 32, max_wait: float = 0.05,
                  loader_threads: int | None = None, fast_preprocess: bool = False) -> None:
-        if max_batch_size < 1:
-            raise OptionError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if loader_threads is not None and loader_threads < 1:
-            raise OptionError(f"loader_threads must be >= 1, got {loader_threads}")
+        _check_settings(max_batch_size, max_wait, loader_threads)
         self.loaded = loaded
         self.fast_preprocess = fast_preprocess
         self.max_batch_size = max_batch_size
@@ -183,6 +180,7 @@ class Host:
         differ slightly from the processor's (a few grey levels), so results may differ from plain
         transformers'; by default the host's pixel values equal the processor's exactly.
         """
+        _check_settings(max_batch_size, max_wait, loader_threads)  # before the model loads
         loaded = models.load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)
         if adapter is not None:
             models.attach_adapter(loaded, _find_adapter(loaded, adapter))
@@ -1009,6 +1007,23 @@ def _require_strings(values: Sequence[Any], what: str) -> None:
         if not isinstance(value, str):
             raise OptionError(f"{what} must be a string, got {type(value).__name__} {shown(value)}")
 
+
+
+MAX_BATCH_SIZE = 4096
+"""The most requests one batch may hold (``Host.load(max_batch_size=...)``)."""
+MAX_LOADER_THREADS = 1024
+
+
+def _check_settings(max_batch_size: Any, max_wait: Any, loader_threads: Any) -> None:
+    """Refuse host settings of the wrong type or out of range with one :class:`OptionError` line."""
+    for name, value, most in (("max_batch_size", max_batch_size, MAX_BATCH_SIZE),
+                              ("loader_threads", loader_threads, MAX_LOADER_THREADS)):
+        if name == "loader_threads" and value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise OptionError(f"{name} must be a whole number from 1 to {most}, got {shown(value)}")
+    if not isinstance(max_wait, (int, float)) or isinstance(max_wait, bool) or not 0 <= max_wait <= 60:
+        raise OptionError(f"max_wait must be a number of seconds from 0 to 60, got {shown(max_wait)}")
 
 
 def _iterable(images: Any, method: str) -> Iterable[Any]:

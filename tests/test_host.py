@@ -276,7 +276,7 @@ def test_images_load_on_loader_threads_in_parallel(tiny_opt, monkeypatch):
         together.wait()
         return image
 
-    with pytest.raises(OptionError, match="loader_threads must be >= 1, got 0"):
+    with pytest.raises(OptionError, match="loader_threads must be a whole number from 1 to 1024, got 0"):
         Host.load(str(tiny_opt), loader_threads=0)
     monkeypatch.setattr(host_module, "load_image", load_together)
     with Host.load(str(tiny_opt), loader_threads=3) as host:

@@ -173,7 +173,7 @@ def test_damaged_adapter_folder(host: Host, tmp_path: Path, target: str, case: o
         for path in folder.iterdir() if case == "*" else [folder / str(case)]:
             path.unlink()
     before = host.model_version
-    checks.api(lambda: host.use_adapter(str(folder)), f"use_adapter(damaged {target}: {case})")
+    checks.api(lambda: host.use_adapter(str(folder)), f"use_adapter(damaged {target}: {checks.short(case, 40)})")
     # whatever happened, the host must still serve: the base model, or a whole adapter
     result = host.caption(GOOD)
     assert result.ok, f"after a damaged adapter ({target}), captions fail: {result.error}"
