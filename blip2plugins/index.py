@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import stat
 import struct
 import sys
@@ -65,7 +64,6 @@ FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIQ32s")  # magic, format version, header length, header SHA-256
 _MAX_DIM = 1 << 16  # dim and queries: ViT-g's Q-Former has 32 queries of 256
 _MAX_ID = 1 << 40  # image ids: a vector id (image id * queries + q) must fit FAISS's int64
-_LONE_LOW_SURROGATE = re.compile(rb"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][cC]")
 
 
 @dataclass
@@ -449,11 +447,9 @@ def _quoted(source: str) -> str:
 
 
 def _read_header(data: bytes) -> Any:
-    """The header's JSON, checked by :mod:`jsonfile` (nesting, numbers, UTF-8). File names that are not
-    UTF-8 are written as lone ``\\udcXX`` escapes (Python's surrogateescape), which jsonfile refuses as
-    text: it checks a copy where those name ordinary characters, then the header is read as written."""
-    jsonfile.loads(_LONE_LOW_SURROGATE.sub(rb"\\u0dc", data))
-    return json.loads(data)
+    """The header's JSON, checked by :mod:`jsonfile` (nesting, numbers, UTF-8); file names that are not
+    UTF-8 are written as lone ``\\udcXX`` escapes (Python's surrogateescape), so those are let through."""
+    return jsonfile.loads(data, surrogates=True)
 
 
 def _header_problem(header: Any) -> str | None:

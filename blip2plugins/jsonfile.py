@@ -21,8 +21,10 @@ class JSONReadError(ValueError):
     """JSON that cannot be read safely; the message is one line without the source's name."""
 
 
-def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse ``data`` (bytes must be UTF-8; a BOM is skipped) with the limits above."""
+def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH, surrogates: bool = False) -> Any:
+    """Parse ``data`` (bytes must be UTF-8; a BOM is skipped) with the limits above. ``surrogates``
+    lets strings hold the lone surrogates U+DC80-U+DCFF (how Python's ``surrogateescape`` writes the
+    bytes of file names that are not UTF-8); otherwise every lone surrogate is refused."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         try:
             data = bytes(data).decode("utf-8-sig")
@@ -35,7 +37,7 @@ def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         raise JSONReadError(f"line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
     except RecursionError:
         raise JSONReadError(f"nested more than {max_depth} levels deep") from None
-    _check(value, max_depth)
+    _check(value, max_depth, surrogates)
     return value
 
 
@@ -75,27 +77,28 @@ def _constant(name: str) -> float:
     return float(name)  # NaN, Infinity, -Infinity: what json.dumps writes for such floats
 
 
-def _check(value: Any, max_depth: int) -> None:
-    """Refuse nesting deeper than ``max_depth`` and strings (keys included) that are not valid UTF-8
-    (lone surrogates from ``\\ud800`` escapes), without recursion."""
+def _check(value: Any, max_depth: int, surrogates: bool) -> None:
+    """Refuse nesting deeper than ``max_depth`` and, unless ``surrogates``, strings (keys included)
+    that are not valid UTF-8 (lone surrogates from ``\\ud800`` escapes), without recursion."""
+    errors = "surrogateescape" if surrogates else "strict"
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            _utf8(item)
+            _utf8(item, errors)
         elif isinstance(item, (dict, list)):
             if depth >= max_depth:
                 raise JSONReadError(f"nested more than {max_depth} levels deep")
             if isinstance(item, dict):
                 for key, child in item.items():
-                    _utf8(key)
+                    _utf8(key, errors)
                     stack.append((child, depth + 1))
             else:
                 stack.extend((child, depth + 1) for child in item)
 
 
-def _utf8(text: str) -> None:
+def _utf8(text: str, errors: str) -> None:
     try:
-        text.encode("utf-8")
+        text.encode("utf-8", errors)
     except UnicodeEncodeError:
         raise JSONReadError(f"a string with a lone surrogate escape ({text[:40]!r})") from None

@@ -48,3 +48,14 @@ def test_file_errors_name_the_file(tmp_path):
         jsonfile.load_file(tmp_path)  # a folder
     with pytest.raises(FileNotFoundError):
         jsonfile.load_file(tmp_path / "missing.json")
+
+
+def test_surrogates_only_where_asked_for():
+    text = '{"source": "caf\\udce9.png"}'  # how surrogateescape writes a file name that is not UTF-8
+    with pytest.raises(JSONReadError, match="lone surrogate"):
+        jsonfile.loads(text)
+    assert jsonfile.loads(text, surrogates=True) == {"source": "caf\udce9.png"}
+    with pytest.raises(JSONReadError, match="nested more than 64"):
+        jsonfile.loads("[" * 70 + "]" * 70, surrogates=True)
+    with pytest.raises(JSONReadError, match="lone surrogate"):  # not what surrogateescape writes
+        jsonfile.loads('["\\ud800"]', surrogates=True)
