@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence
@@ -18,7 +17,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field
 
-from blip2plugins import models
+from blip2plugins import jsonfile, models
 from blip2plugins.chat import render_chat
 from blip2plugins.errors import Blip2Error, OptionError
 from blip2plugins.generation import GenerationOptions
@@ -288,9 +287,9 @@ def _metadata(request: _Request, result: Result) -> dict[str, Any]:
 def _context_size(model: str) -> int | None:
     """The language model's context length, read from a local checkpoint's config (no weights loaded)."""
     try:
-        config = json.loads((Path(models.resolve(model).source) / "config.json").read_text())
+        config = jsonfile.load_file(Path(models.resolve(model).source) / "config.json", max_bytes=1 << 20)
     except (OSError, ValueError, Blip2Error):
         return None
-    text = config.get("text_config", {})
-    value = text.get("max_position_embeddings") or text.get("n_positions")
-    return int(value) if value else None
+    text = config.get("text_config") if isinstance(config, dict) else None
+    value = (text.get("max_position_embeddings") or text.get("n_positions")) if isinstance(text, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -228,3 +228,11 @@ def test_tracing_params_and_profile(chat):
     assert params["ls_provider"] == "blip2" and params["ls_model_name"] == "other" and params["ls_stop"] == ["x"]
     assert chat.profile["image_inputs"] is True and chat.profile["tool_calling"] is False
     assert chat.profile["max_input_tokens"] == chat.get_host().loaded.max_positions
+
+
+@pytest.mark.parametrize("config", ["[" * 100_000, '{"text_config": {"max_position_embeddings": ' + "9" * 5000 + "}}",
+                                    "[1, 2]", '{"text_config": [64]}', '{"text_config": {"max_position_embeddings": "64"}}'])
+def test_a_profile_from_a_hostile_config_leaves_the_context_out(tmp_path, config):
+    (tmp_path / "config.json").write_text(config)
+    profile = ChatBlip2(model=str(tmp_path)).profile  # no weights are loaded for a profile
+    assert profile["image_inputs"] is True and "max_input_tokens" not in profile
