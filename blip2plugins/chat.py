@@ -22,7 +22,15 @@ if TYPE_CHECKING:
 
 def render_chat(loaded: LoadedModel, turns: Sequence[tuple[str, str]], question: str, *,
                 system: str | None = None, max_new_tokens: int, image: bool = True) -> str:
-    """The prompt for ``question`` after past ``(question, answer)`` turns, trimmed to fit the context.
+    """The prompt for ``question`` after past ``(question, answer)`` turns, trimmed to fit the context
+    (:func:`fit_chat` without the count of turns dropped)."""
+    return fit_chat(loaded, turns, question, system=system, max_new_tokens=max_new_tokens, image=image)[0]
+
+
+def fit_chat(loaded: LoadedModel, turns: Sequence[tuple[str, str]], question: str, *,
+             system: str | None = None, max_new_tokens: int, image: bool = True) -> tuple[str, int]:
+    """The prompt for ``question`` after past ``(question, answer)`` turns, and how many of the
+    oldest turns were dropped to fit the context.
 
     Turns use the family's template (OPT: ``"Question: q1 Answer: a1. Question: q2 Answer:"``), after
     the optional ``system`` preamble. The oldest turns are dropped until the prompt fits the language
@@ -38,7 +46,7 @@ def render_chat(loaded: LoadedModel, turns: Sequence[tuple[str, str]], question:
     for start in range(len(turns) + 1):
         text = preamble + loaded.family.render_chat(list(turns[start:]), question)
         if (length := len(tokenizer(text).input_ids)) <= budget:
-            return text
+            return text, start
     context = "with the system text" if preamble else "alone"
     raise OptionError(f"question too long: {length} tokens {context}; {room_for_prompt(loaded, image, max_new_tokens)}")
 
@@ -58,7 +66,9 @@ class Conversation:
 
     Each question is rendered by :func:`render_chat` with the past turns, after the optional
     ``system`` preamble; the oldest turns are dropped when the prompt would not fit the language
-    model's context (see :func:`render_chat`).
+    model's context (see :func:`render_chat`), and ``turns_dropped`` says how many the last question
+    left out. A turn remembers the model's own answer (``Result.raw_text``), not the one that
+    ``process_result`` hooks made, so later prompts show the model what it said.
     """
 
     def __init__(self, host: Host, features: torch.Tensor | None, *, system: str | None,
@@ -68,31 +78,39 @@ class Conversation:
         self.system = system
         self.options = options
         self.turns: list[tuple[str, str]] = []
+        self.turns_dropped = 0
 
     def prompt(self, question: str, options: GenerationOptions | None = None) -> str:
         """The prompt the model sees for ``question`` after the turns so far, trimmed to fit."""
-        return render_chat(self.host.loaded, self.turns, question, system=self.system,
-                           max_new_tokens=(options or self.options).max_new_tokens, image=self.features is not None)
+        return self._fit(question, options or self.options)[0]
 
     def ask(self, question: str, **options: Any) -> Result:
         """Answer ``question`` about the image, then remember the turn."""
         opts = self.options.updated(**options)
-        result = self.host.submit_features("chat", self.features, self.prompt(question, opts), opts).result()
+        prompt, self.turns_dropped = self._fit(question, opts)
+        result = self.host.submit_features("chat", self.features, prompt, opts).result()
         if not result.ok:
             raise Blip2Error(result.error)
-        self.turns.append((question, result.text or ""))
+        self.turns.append((question, result.raw_text or ""))
         return result
 
     def stream(self, question: str, **options: Any) -> Iterator[str]:
-        """Answer ``question`` as text deltas while they are generated; the turn is remembered at the end.
+        """Answer ``question`` as text deltas; the turn is remembered at the end.
 
-        The deltas join to the text :meth:`ask` would return.
+        The deltas join to the text :meth:`ask` would return (:meth:`TextStream.processed`): they
+        come while generated, or, when a ``process_result`` hook is registered, in one piece at the end.
         """
         opts = self.options.updated(**options)
-        stream = self.host.stream("chat", self.features, self.prompt(question, opts), opts)
-        yield from stream
-        self.turns.append((question, stream.result().text or ""))
+        prompt, self.turns_dropped = self._fit(question, opts)
+        stream = self.host.stream("chat", self.features, prompt, opts)
+        yield from stream.processed()
+        self.turns.append((question, stream.result().raw_text or ""))
+
+    def _fit(self, question: str, options: GenerationOptions) -> tuple[str, int]:
+        return fit_chat(self.host.loaded, self.turns, question, system=self.system,
+                        max_new_tokens=options.max_new_tokens, image=self.features is not None)
 
     def reset(self) -> None:
         """Forget the turns, keep the encoded image."""
         self.turns.clear()
+        self.turns_dropped = 0

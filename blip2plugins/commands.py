@@ -317,7 +317,8 @@ def caption(host: Host, gen: dict[str, Any], images: _Inputs, prompt: str | None
             progress: bool | None) -> bool:
     """Caption each IMAGE.
 
-    With -n N each image gets N lines (or JSON "candidates"), best first.
+    With -n N each image gets N lines (or JSON "candidates"), best first. Every line shows the
+    text after the process_result plugins (each candidate passes through them on its own).
     """
     def record(image: str, result: Result) -> list[str]:
         return [_record(image, result, caption=result.text)]

@@ -68,7 +68,9 @@ def process_result(task: str, result: Result) -> Result | None:
     pluggy hook the implementations are chained: each receives the result the previous one
     returned, in pluggy's call order (last registered first; ``tryfirst`` / ``trylast`` apply).
     If one raises or returns another type, that result fails with an error naming the plugin.
-    Failed items (``result.error`` set) are not passed on.
+    Failed items (``result.error`` set) are not passed on. With ``n`` > 1 each candidate is passed
+    on its own. ``result.raw_text`` keeps the model's text (chat history uses it) and
+    ``result.image`` names the source image (``None`` for calls given encoded features).
     """
 
 

@@ -25,7 +25,7 @@ import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, overload
@@ -62,6 +62,7 @@ class _Generate:
     pixel_values: torch.Tensor | None = None
     features: torch.Tensor | None = None
     text_only: bool = False
+    image: str | None = None
     stream: TextStream | None = None
     timings: dict[str, float] = field(default_factory=dict)
     queued: float = field(default_factory=time.perf_counter)
@@ -524,8 +525,9 @@ class Host:
     def stream(self, task: str, features: torch.Tensor | None, prompt: str, options: GenerationOptions) -> TextStream:
         """Like :meth:`submit_features`, but the text comes as deltas while the worker generates it.
 
-        The request runs as a batch of its own. Iterating the returned :class:`TextStream` yields
-        text deltas that join to its ``result().text`` (the text a non-streamed request gives).
+        The request runs as a batch of its own. Iterating the returned :class:`TextStream` yields the
+        model's text deltas, which join to its ``result().raw_text``; :meth:`TextStream.processed`
+        yields deltas that join to ``result().text``, after the ``process_result`` hooks.
         Beam search and ``n`` > 1 cannot stream: they raise :class:`OptionError`.
         """
         self.loaded.require("chat")
@@ -534,7 +536,8 @@ class Host:
         self._check_prompt(prompt, options, image=features is not None)
         request = _Generate(task, prompt, options, features=features, text_only=features is None)
         request.stream = TextStream(request.future, self.loaded.processor.tokenizer,
-                                    lambda raw: self._text(request, options.cut(raw)[0]), options.stop)
+                                    lambda raw: self._text(request, options.cut(raw)[0]), options.stop,
+                                    hold=bool(plugins.get_plugin_manager().hook.process_result.get_hookimpls()))
         self._enqueue(request)
         return request.stream
 
@@ -608,10 +611,11 @@ class Host:
                 pixel_values = self._normalise([im for _, im in good]) if good else None
                 share = (time.perf_counter() - began) / max(len(good), 1)
                 requests = {index: _Generate(task, chunk[index][1], opts, pixel_values=pixel_values[row],
+                                             image=describe(chunk[index][0]),
                                              timings={"preprocess_s": seconds[index] + share})
                             for row, (index, _) in enumerate(good)}
                 futures = [requests[index].future if index in requests
-                           else _failed(self._failure(task, chunk[index][1], str(outcome)))
+                           else _failed(self._failure(task, chunk[index][1], str(outcome), describe(chunk[index][0])))
                            for index, outcome in enumerate(prepared)]
                 if preparing:  # before our first request: from now on the worker never waits for us
                     preparing = self._done_preparing()
@@ -685,9 +689,9 @@ class Host:
             raise OptionError(f"prompt {prompt[:60]!r} is too long ({length} tokens): "
                               f"{room_for_prompt(self.loaded, image, options.max_new_tokens)}")
 
-    def _failure(self, task: str, prompt: str, error: str) -> Result:
+    def _failure(self, task: str, prompt: str, error: str, image: str | None = None) -> Result:
         """The result of an item that failed."""
-        return Result(task, None, None, self.name, self.model_version, prompt=prompt, error=error)
+        return Result(task, None, None, self.name, self.model_version, prompt=prompt, error=error, image=image)
 
     def _enqueue(self, request: _Generate | _Encode | _EmbedText | _Match | _Swap) -> Future[Any]:
         with self._closing_lock:
@@ -773,7 +777,8 @@ class Host:
                 if not isinstance(request, _Generate):
                     request.future.set_exception(Blip2Error(f"{type(request).__name__.strip('_').lower()} failed: {exc}"))
                 else:
-                    request.future.set_result(self._failure(request.task, request.prompt, f"generation failed: {exc}"))
+                    request.future.set_result(self._failure(request.task, request.prompt, f"generation failed: {exc}",
+                                                            request.image))
 
     def _retrieval_batch(self, batch: list[Any]) -> list[Any]:
         """Run a batch of image encodings, text embeddings or matches; one output per request."""
@@ -851,12 +856,14 @@ class Host:
                 candidates, reasons = [candidates[k] for k in order], [reasons[k] for k in order]
             timings = {**request.timings, "queue_s": started - request.queued, "encode_s": encoded - started,
                        "generate_s": done - encoded, "total_s": done - request.queued + request.timings.get("preprocess_s", 0.0)}
-            result = Result(request.task, candidates[0][0], candidates[0][1], self.name, self.model_version,
-                            prompt=request.prompt, candidates=candidates, timings=timings, finish_reason=reasons[0])
             try:
-                result = plugins.process_result(request.task, result)
+                result = _processed(request, [Result(request.task, text, score, self.name, self.model_version,
+                                                     prompt=request.prompt, candidates=[(text, score)],
+                                                     timings=dict(timings), finish_reason=reason, raw_text=text,
+                                                     image=request.image)
+                                              for (text, score), reason in zip(candidates, reasons)])
             except PluginError as exc:  # that item fails; the batch and the worker go on
-                result = self._failure(request.task, request.prompt, str(exc))
+                result = self._failure(request.task, request.prompt, str(exc), request.image)
             request.future.set_result(result)
 
     def _encode_prompts(self, prompts: list[str], *, image: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -909,6 +916,13 @@ class Host:
         if request.task == "caption" and request.prompt and self.loaded.family.decoder_only:
             return (request.prompt + generated).strip()
         return generated.strip()
+
+
+def _processed(request: _Generate, candidates: list[Result]) -> Result:
+    """The best candidate after the ``process_result`` hooks, each candidate passed through them on
+    its own; its ``candidates`` are the processed ones, best first."""
+    done = [plugins.process_result(request.task, candidate) for candidate in candidates]
+    return replace(done[0], candidates=[(result.text, result.score) for result in done])
 
 
 def _finish_reason(stopped: bool, early: bool, stream: TextStream | None) -> str:
@@ -1049,15 +1063,17 @@ def _failed(result: Result) -> Future[Result]:
 class TextStream:
     """The text of one request, handed out in deltas while the host's worker generates it.
 
-    Iterate it (once) for the deltas; they join to ``result().text``, the text a non-streamed
-    request gives. Text that a later token could still change is held back: an incomplete
-    character, trailing spaces, and anything that may be the start of a stop string. Leaving the
-    iteration early (or :meth:`close`) stops the generation at the next token. ``process_result``
-    hooks see only the final result: a hook that rewrites the text is not reflected in the deltas.
+    Iterate it (once) for the model's deltas; they join to ``result().raw_text``, the model's text
+    before the ``process_result`` hooks. Text that a later token could still change is held back: an
+    incomplete character, trailing spaces, and anything that may be the start of a stop string.
+    Leaving the iteration early (or :meth:`close`) stops the generation at the next token.
+    :meth:`processed` (instead of iterating) gives deltas that join to ``result().text``.
     """
 
-    def __init__(self, future: Future[Result], tokenizer: Any, finish: Callable[[str], str], stop: tuple[str, ...]) -> None:
+    def __init__(self, future: Future[Result], tokenizer: Any, finish: Callable[[str], str], stop: tuple[str, ...],
+                 *, hold: bool = False) -> None:
         self._future = future
+        self._hold = hold
         self._tokens: queue.Queue[list[int] | None] = queue.Queue()
         self._tokenizer = tokenizer
         self._finish = finish
@@ -1077,11 +1093,20 @@ class TextStream:
                 if len(text) > len(sent) and text.startswith(sent):
                     yield text[len(sent):]
                     sent = text
-            final = self.result().text or ""
+            final = self.result().raw_text or ""
             if len(final) > len(sent) and final.startswith(sent):
                 yield final[len(sent):]
         finally:
             self._cancel.set()
+
+    def processed(self) -> Iterator[str]:
+        """Deltas that join to ``result().text``: the model's deltas as they come when no
+        ``process_result`` hook was registered at the start, else the processed text in one delta
+        once generation is over (a hook may rewrite anything)."""
+        if not self._hold:
+            yield from self
+        elif text := self.result().text:
+            yield text
 
     def result(self, timeout: float | None = None) -> Result:
         """The final result, once generation is over; raises :class:`Blip2Error` if it failed."""

@@ -138,7 +138,9 @@ class Result:
     included), in (0, 1]. ``candidates`` holds every returned sequence with its score (``n`` > 1).
     ``finish_reason`` is ``"stop"`` when the model ended the text (end of text or a stop string),
     ``"length"`` when it ran out of new tokens and ``"cancelled"`` when a stream was closed early.
-    When the item failed, ``text`` and ``score`` are ``None`` and ``error`` says why.
+    When the item failed, ``text`` and ``score`` are ``None`` and ``error`` says why. ``raw_text`` is
+    the model's own best text, before any ``process_result`` hook (chats remember it, streams hand it
+    out); ``image`` describes the source image, ``None`` when the call was given encoded features.
     """
 
     task: str
@@ -151,6 +153,8 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     finish_reason: str | None = None
+    raw_text: str | None = None
+    image: str | None = None
 
     @property
     def ok(self) -> bool:

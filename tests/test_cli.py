@@ -358,3 +358,27 @@ def test_an_empty_path_is_a_usage_error_not_the_current_folder(tmp_path: Path, m
     result = CliRunner().invoke(build_cli(), args)
     assert result.exit_code == 2 and ("an empty path" in result.output or "a NUL byte" in result.output), result.output
     assert list(tmp_path.iterdir()) == []  # nothing written where the process stands
+
+
+def test_plain_caption_and_ask_print_what_process_result_made_of_every_candidate() -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    from blip2plugins import Result, hookimpl
+    from blip2plugins.testing import registered, run_blip2
+
+    def tag(task: str, result: Result) -> Result:
+        return dataclasses.replace(result, text=f"{result.text} #{task}")
+
+    image = str(ROOT / "examples" / "images" / "red-circle_blue-square_on-white.png")
+    with registered(SimpleNamespace(process_result=hookimpl(tag)), "tag"):
+        one = run_blip2("caption", "--model", "demo", image)
+        beams = run_blip2("caption", "--model", "demo", "-n", "2", "--beams", "2", image)
+        asked = run_blip2("ask", "what color is the circle?", "--model", "demo", image)
+        as_json = run_blip2("caption", "--model", "demo", "--json", "-n", "2", "--beams", "2", image)
+    assert one.exit_code == beams.exit_code == asked.exit_code == as_json.exit_code == 0, one.output
+    assert one.stdout.endswith(" #caption\n") and asked.stdout == "red #ask\n"
+    assert [line.endswith(" #caption") for line in beams.stdout.splitlines()] == [True, True]
+    record = json.loads(as_json.stdout)
+    assert record["caption"] == beams.stdout.splitlines()[0] == one.stdout.strip()
+    assert [c["text"] for c in record["candidates"]] == beams.stdout.splitlines()

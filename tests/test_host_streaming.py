@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from blip2plugins.chat import render_chat
+from blip2plugins.chat import fit_chat, render_chat
 from blip2plugins.errors import OptionError
 from blip2plugins.generation import GenerationOptions
+from blip2plugins.hookspecs import hookimpl
 from blip2plugins.host import Host
+from blip2plugins.testing import registered
+from blip2plugins.types import Result
 
 DEMO_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "images" / "red-circle_blue-square_on-white.png"
 PROMPTS = ["Question: what is it? Answer:", "a red circle and", "the dog runs in"]
@@ -199,3 +204,60 @@ def test_a_stop_string_that_begins_in_the_prompt_ends_with_reason_stop(demo):
     result = demo.caption(str(DEMO_IMAGE), prompt="a red", stop="red circle", max_new_tokens=30)
     assert result.finish_reason == "stop"
     assert demo.caption(str(DEMO_IMAGE), max_new_tokens=2).finish_reason == "length"
+
+
+def _shout(task: str, result: Result) -> Result:
+    """A process_result hook that rewrites the text (so no prefix of the model's text is kept)."""
+    return dataclasses.replace(result, text=f"<{result.text.upper()}>")
+
+
+SHOUTER = SimpleNamespace(process_result=hookimpl(_shout))
+
+
+def test_streams_and_chat_history_keep_the_models_text_and_chat_streams_join_to_the_processed_text(demo):
+    with registered(SHOUTER, "shout"):
+        conversation = demo.chat(DEMO_IMAGE)
+        asked = conversation.ask("what color is the circle?")
+        assert (asked.text, asked.raw_text) == ("<RED>", "red")
+        assert "Answer: red. Question:" in conversation.prompt("how many shapes?")
+        streaming = demo.chat(DEMO_IMAGE)
+        assert "".join(streaming.stream("what color is the circle?")) == "<RED>"
+        assert streaming.turns == conversation.turns == [("what color is the circle?", "red")]
+        stream = demo.stream("chat", None, PROMPTS[1], demo.options(max_new_tokens=5))
+        raw = "".join(stream)
+        assert raw == stream.result().raw_text and stream.result().text == f"<{raw.upper()}>"
+    plain = demo.chat(DEMO_IMAGE).stream("what color is the circle?")
+    assert next(plain) == "red"  # without a hook the deltas come as generated
+
+
+def test_conversation_and_fit_chat_count_the_turns_dropped(demo):
+    loaded = demo.loaded
+    turns = [(f"is there a circle {i}?", "yes") for i in range(10)]
+    prompt, dropped = fit_chat(loaded, turns, "how many shapes?", max_new_tokens=10)
+    assert prompt == render_chat(loaded, turns, "how many shapes?", max_new_tokens=10)
+    assert 0 < dropped < 10 and f"circle {dropped}?" in prompt and f"circle {dropped - 1}?" not in prompt
+    assert fit_chat(loaded, [], "how many shapes?", max_new_tokens=10)[1] == 0
+    conversation = demo.chat(DEMO_IMAGE)
+    conversation.turns.extend(turns)
+    conversation.ask("how many shapes?", max_new_tokens=10)
+    assert conversation.turns_dropped == dropped
+    conversation.reset()
+    assert conversation.turns_dropped == 0
+
+
+def test_results_name_their_image_and_hooks_process_every_candidate(demo, tmp_path):
+    seen: list[str | None] = []
+
+    def tag(task: str, result: Result) -> Result:
+        seen.append(result.image)
+        return dataclasses.replace(result, text=f"{result.text} #tag")
+
+    with registered(SimpleNamespace(process_result=hookimpl(tag)), "tag"):
+        beams = demo.caption(DEMO_IMAGE, num_beams=2, n=2)
+        missing = demo.caption([str(tmp_path / "missing.png")])[0]
+        chat = demo.chat(DEMO_IMAGE).ask("what color is the circle?")
+    assert beams.image == str(DEMO_IMAGE) and seen[:2] == [str(DEMO_IMAGE)] * 2
+    assert [text for text, _ in beams.candidates] == [f"{text} #tag" for text in (beams.raw_text, beams.candidates[1][0][:-5])]
+    assert beams.text == beams.candidates[0][0] and len(seen) == 3
+    assert not missing.ok and missing.image == str(tmp_path / "missing.png")
+    assert chat.image is None and seen[-1] is None
