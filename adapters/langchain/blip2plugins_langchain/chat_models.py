@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence
@@ -15,10 +16,10 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams, Langu
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from blip2plugins import jsonfile, models
-from blip2plugins.chat import render_chat
+from blip2plugins.chat import fit_chat, render_chat
 from blip2plugins.errors import Blip2Error, OptionError
 from blip2plugins.generation import GenerationOptions
 from blip2plugins.host import Host
@@ -28,6 +29,7 @@ from ._host import HostSettings, ImageRef, encode_image
 from .messages import Dialogue, ImageChoice, read_messages
 
 _OPTION_NAMES = {f.name for f in fields(GenerationOptions)}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class _Request:
     prompt: str
     options: GenerationOptions
     image: ImageRef | None
+    turns_dropped: int = 0
 
 
 class ChatBlip2(HostSettings, BaseChatModel):
@@ -49,7 +52,10 @@ class ChatBlip2(HostSettings, BaseChatModel):
       family's template (OPT ``"Question: ... Answer: ..."``), oldest turns dropped first to fit the
       language model's context together with the image's query tokens and ``max_tokens``.
       ``max_tokens`` is capped by the room the context leaves after the image and the last question.
-      ``response_metadata["prompt"]`` shows exactly what the model saw.
+      ``response_metadata["prompt"]`` shows exactly what the model saw, ``["turns_dropped"]`` how many
+      turns were left out (the first time an instance drops any, it logs a warning). A reply keeps
+      the model's own text in ``response_metadata["raw_text"]``; an AI message that carries it is
+      rendered with it, so what ``process_result`` plugins change never reaches later prompts.
     * **Images**: read from every content-block shape (``message.content_blocks``). BLIP-2 sees one
       image per prompt: the latest in the conversation (``image_choice="first"`` for the first).
       Each distinct image is encoded once and reused across turns. A conversation without an image
@@ -58,10 +64,15 @@ class ChatBlip2(HostSettings, BaseChatModel):
     * **Generation**: greedy unless ``temperature`` > 0 (then sampled); ``stop`` strings end the
       answer and are cut off; other ``GenerationOptions`` (``num_beams``, ``seed``...) go in
       ``model_kwargs`` or as call keywords. A reply has at least one token (``min_new_tokens=1``,
-      which ``model_kwargs`` may change): an empty reply helps no chat.
+      which ``model_kwargs`` may change): an empty reply helps no chat. Streamed chunks join to the
+      ``invoke`` answer: the model's text as generated, or, while a ``process_result`` plugin is
+      registered, the processed text in one chunk at the end.
 
     Nothing is loaded by the constructor: the model is loaded on first use and shared by every
-    instance (and tool) naming the same model, adapter, device, dtype and quantization.
+    instance (and tool) naming the same model, adapter, device, dtype and quantization. Instances
+    are serializable (``langchain_core.load.dumpd`` / ``load`` with
+    ``valid_namespaces=["blip2plugins_langchain"]``); ``host`` is left out, so a loaded copy names
+    its model and loads it on first use. There are no secrets.
     ``timeout`` bounds the wait for an answer; ``max_retries`` and ``api_key`` are accepted and unused
     (the model is local).
     """
@@ -82,6 +93,15 @@ class ChatBlip2(HostSettings, BaseChatModel):
     """Which image of the conversation BLIP-2 sees: the ``"latest"`` or the ``"first"``."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """More generation options for every call (``num_beams``, ``repetition_penalty``, ``seed``...)."""
+    _warned_trim: bool = PrivateAttr(default=False)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["blip2plugins_langchain", "chat_models"]
 
     @property
     def _llm_type(self) -> str:
@@ -136,7 +156,7 @@ class ChatBlip2(HostSettings, BaseChatModel):
         """Input tokens these messages cost: the rendered prompt plus the image's query tokens."""
         host = self.get_host()
         dialogue = read_messages(messages, self.image_choice)
-        task, prompt, _ = self._render(host, dialogue, self._options(host, None, {}))
+        task, prompt, _, _ = self._render(host, dialogue, self._options(host, None, {}))
         return _input_tokens(host, prompt, dialogue.image is not None)
 
     # -- generation ------------------------------------------------------------------------------
@@ -165,7 +185,7 @@ class ChatBlip2(HostSettings, BaseChatModel):
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         request = self._prepare(messages, stop, kwargs)
         stream = request.host.stream(request.task, request.features, request.prompt, request.options)
-        for delta in stream:
+        for delta in stream.processed():
             yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
         yield self._last_chunk(request, stream.result())
 
@@ -174,7 +194,7 @@ class ChatBlip2(HostSettings, BaseChatModel):
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         request = await asyncio.to_thread(self._prepare, messages, stop, kwargs)
         stream = request.host.stream(request.task, request.features, request.prompt, request.options)
-        deltas = iter(stream)
+        deltas = stream.processed()
         try:
             while (delta := await asyncio.to_thread(next, deltas, None)) is not None:
                 yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
@@ -214,9 +234,14 @@ class ChatBlip2(HostSettings, BaseChatModel):
         host = self.get_host(kwargs.get("model"))
         dialogue = read_messages(messages, self.image_choice)
         options = self._options(host, stop, kwargs)
-        task, prompt, options = self._render(host, dialogue, options)
+        task, prompt, options, dropped = self._render(host, dialogue, options)
+        if dropped and not self._warned_trim:
+            self._warned_trim = True
+            log.warning("ChatBlip2 left the %d oldest turn(s) out of the prompt to fit the model's %d-token context "
+                        "(response_metadata['turns_dropped'] counts them on every reply; warned once per instance)",
+                        dropped, host.loaded.max_positions)
         features = None if dialogue.image is None else encode_image(host, dialogue.image)
-        return _Request(host, task, features, prompt, options, dialogue.image)
+        return _Request(host, task, features, prompt, options, dialogue.image, dropped)
 
     def _options(self, host: Host, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerationOptions:
         options = {"min_new_tokens": 1, **self.model_kwargs, **{k: v for k, v in kwargs.items() if k in _OPTION_NAMES}}
@@ -232,8 +257,9 @@ class ChatBlip2(HostSettings, BaseChatModel):
         return host.options(**options)
 
     @staticmethod
-    def _render(host: Host, dialogue: Dialogue, options: GenerationOptions) -> tuple[str, str, GenerationOptions]:
-        """The task, the prompt and the options (``max_new_tokens`` capped to the room left in the context)."""
+    def _render(host: Host, dialogue: Dialogue, options: GenerationOptions) -> tuple[str, str, GenerationOptions, int]:
+        """The task, the prompt, the options (``max_new_tokens`` capped to the room left in the context)
+        and how many of the oldest turns the prompt left out."""
         loaded, image = host.loaded, dialogue.image is not None
         if image and not dialogue.question:
             task, alone = "caption", ""
@@ -246,10 +272,10 @@ class ChatBlip2(HostSettings, BaseChatModel):
         if options.max_new_tokens > room:
             options = options.updated(max_new_tokens=room, min_new_tokens=min(options.min_new_tokens, room))
         if task == "caption":
-            return task, "", options
-        prompt = render_chat(loaded, dialogue.turns, dialogue.question, system=dialogue.system,
-                             max_new_tokens=options.max_new_tokens, image=image)
-        return task, prompt, options
+            return task, "", options, 0
+        prompt, dropped = fit_chat(loaded, dialogue.turns, dialogue.question, system=dialogue.system,
+                                   max_new_tokens=options.max_new_tokens, image=image)
+        return task, prompt, options, dropped
 
     def _chat_result(self, request: _Request, result: Result) -> ChatResult:
         if not result.ok:
@@ -280,7 +306,8 @@ def _usage(request: _Request, result: Result) -> UsageMetadata:
 
 def _metadata(request: _Request, result: Result) -> dict[str, Any]:
     return {"model_name": result.model, "model_version": result.model_version, "finish_reason": result.finish_reason,
-            "prompt": request.prompt, "image": request.image.key if request.image else None, "score": result.score}
+            "prompt": request.prompt, "image": request.image.key if request.image else None, "score": result.score,
+            "raw_text": result.raw_text, "turns_dropped": request.turns_dropped}
 
 
 @functools.lru_cache(maxsize=64)

@@ -4,7 +4,9 @@ Every message is read through ``message.content_blocks``, so every content shape
 (plain strings, v1 blocks, OpenAI ``image_url`` blocks, the older ``source_type`` form) arrives as
 standard ``text`` and ``image`` blocks. System messages form the preamble; human (and tool) messages
 are questions, AI messages answers (an AI message without text, e.g. only tool calls, is left out);
-consecutive messages of one side are joined with a space.
+consecutive messages of one side are joined with a space. An AI message whose
+``response_metadata["raw_text"]`` is a string (a ``ChatBlip2`` reply) is read as that text: the
+model's own answer, before ``process_result`` plugins changed its content.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def read_messages(messages: Sequence[BaseMessage], image_choice: ImageChoice = "
             elif kind not in _SKIPPED:
                 raise OptionError(f"message {m}, content block {b}: BLIP-2 reads text and images, not {kind!r} blocks")
         text = " ".join(t.strip() for t in texts if t.strip())
+        raw = message.response_metadata.get("raw_text") if isinstance(message, AIMessage) else None
+        if isinstance(raw, str):
+            text = raw.strip()
         if isinstance(message, SystemMessage):
             if text:
                 system.append(text)

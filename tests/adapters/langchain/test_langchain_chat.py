@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import functools
+import operator
+from types import SimpleNamespace
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.messages.content import create_image_block
 from langchain_images import IMAGES, STEMS, caption_of, image_block
 
+from blip2plugins import Result, hookimpl
 from blip2plugins.errors import ImageError, ModelLoadError, OptionError
 from blip2plugins.host import Host
+from blip2plugins.testing import registered
 from blip2plugins_langchain import ChatBlip2
 from blip2plugins_langchain import _host as shared
 
@@ -186,6 +192,44 @@ def test_long_histories_are_trimmed_from_the_oldest_turn(chat):
     prompt = reply.response_metadata["prompt"]
     assert "number 19?" in prompt and "number 0?" not in prompt
     assert reply.usage_metadata["input_tokens"] + 5 <= chat.get_host().loaded.max_positions
+    dropped = reply.response_metadata["turns_dropped"]
+    assert 0 < dropped < 20 and f"number {dropped}?" in prompt and f"number {dropped - 1}?" not in prompt
+
+
+def test_dropped_turns_are_counted_and_warned_about_once_per_instance(caplog):
+    chat = ChatBlip2(model="demo")
+    question = ask("how many shapes?", "blue-square_yellow-triangle_on-white")
+    history = [HumanMessage("is there a circle?"), AIMessage("yes"), HumanMessage("is it red?"), AIMessage("no")]
+    with caplog.at_level("WARNING", logger="blip2plugins_langchain.chat_models"):
+        assert chat.invoke([question]).response_metadata["turns_dropped"] == 0
+        assert not caplog.records
+        first = chat.invoke(history + [question]).response_metadata
+        with_system = chat.invoke([SystemMessage("Answer briefly.")] + history + [question]).response_metadata
+        assert 0 < first["turns_dropped"] <= with_system["turns_dropped"] == 2
+        assert "Answer briefly. Question: how many shapes?" in with_system["prompt"]
+        assert [r.getMessage()[:32] for r in caplog.records] == ["ChatBlip2 left the 1 oldest turn"[:32]]
+        ChatBlip2(model="demo").invoke(history + [question])
+        assert len(caplog.records) == 2  # once per instance
+
+
+def _shout(task: str, result: Result) -> Result:
+    return dataclasses.replace(result, text=f"<{result.text.upper()}>")
+
+
+async def test_a_process_result_plugin_changes_replies_not_history_and_streams_join_to_invoke(chat):
+    messages = [ask("what color is the triangle?", "green-circle_blue-triangle_on-gray")]
+    with registered(SimpleNamespace(process_result=hookimpl(_shout)), "shout"):
+        reply = chat.invoke(messages)
+        streamed = list(chat.stream(messages))
+        astreamed = [c.content async for c in chat.astream(messages)]
+        follow_up = chat.invoke(messages + [reply, HumanMessage("how many shapes?")])
+        merged = functools.reduce(operator.add, streamed)
+    assert reply.content == "<BLUE>" and reply.response_metadata["raw_text"] == "blue"
+    assert "".join(c.content for c in streamed) == "".join(astreamed) == "<BLUE>"
+    assert merged.response_metadata["raw_text"] == "blue"
+    assert "Answer: blue. Question: how many shapes?" in follow_up.response_metadata["prompt"]
+    edited = AIMessage("green")  # an answer the caller wrote: its content is the turn
+    assert "Answer: green." in chat.invoke(messages + [edited, HumanMessage("ok?")]).response_metadata["prompt"]
 
 
 def test_instances_share_a_host_and_construction_loads_nothing():
@@ -236,3 +280,18 @@ def test_a_profile_from_a_hostile_config_leaves_the_context_out(tmp_path, config
     (tmp_path / "config.json").write_text(config)
     profile = ChatBlip2(model=str(tmp_path)).profile  # no weights are loaded for a profile
     assert profile["image_inputs"] is True and "max_input_tokens" not in profile
+
+
+def test_chat_blip2_serializes_without_its_host():
+    from langchain_core.load import dumpd, dumps, load, loads
+
+    host = shared.shared_host("demo", None, "auto", "auto", None)
+    chat = ChatBlip2(model="demo", host=host, max_tokens=7, stop=["."], image_choice="first",
+                     model_kwargs={"num_beams": 2})
+    data = dumpd(chat)
+    assert data["id"] == ["blip2plugins_langchain", "chat_models", "ChatBlip2"] and "host" not in data["kwargs"]
+    copy = load(data, valid_namespaces=["blip2plugins_langchain"], allowed_objects=[ChatBlip2])
+    again = loads(dumps(chat), valid_namespaces=["blip2plugins_langchain"], allowed_objects=[ChatBlip2])
+    assert isinstance(copy, ChatBlip2) and copy.host is None and copy.model_dump() == again.model_dump()
+    assert copy.model_dump() == chat.model_dump()  # every field but the excluded host
+    assert copy.get_host() is host  # the shared host for its settings

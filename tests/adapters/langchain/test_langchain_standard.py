@@ -7,8 +7,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests, ToolsIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests, ToolsUnitTests
+from syrupy.assertion import SnapshotAssertion
 
 from blip2plugins_langchain import AskImageTool, CaptionImageTool, ChatBlip2
 
@@ -77,7 +79,11 @@ class AskParams(CaptionParams):
 
 
 class TestChatBlip2Unit(ChatParams, ChatModelUnitTests):
-    pass
+    @pytest.mark.xfail(raises=ValueError, strict=True,
+                       reason="load(allowed_objects='all') admits only the classes in langchain-core's own mapping; "
+                              "ChatBlip2 loads with allowed_objects=[ChatBlip2] (test_langchain_chat.py)")
+    def test_serdes(self, model: BaseChatModel, snapshot: SnapshotAssertion) -> None:
+        super().test_serdes(model, snapshot)
 
 
 class TestChatBlip2Integration(ChatParams, ChatModelIntegrationTests):
