@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from . import jsonfile
+from . import jsonfile, quiet
 from .errors import ModelLoadError
 
 PEFT_CONFIG = "adapter_config.json"
@@ -200,7 +200,8 @@ def _attach_lora(attached: Attached, shown: str) -> None:
     attached._trainable = {key: param.requires_grad for key, param in model.named_parameters()}
     shapes = _tensor_shapes(weights, shown) if weights.is_file() else {}
     try:
-        model.load_adapter(str(attached.folder), adapter_name=name)
+        with quiet.peft():
+            model.load_adapter(str(attached.folder), adapter_name=name)
         for layer in _lora_layers(model):  # transformers' set_adapter needs a newer peft
             layer.set_adapter(name)
     except BaseException as exc:

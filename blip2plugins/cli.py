@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import click
 from PIL import Image
 
+from . import quiet
 from .errors import Blip2Error
 from .plugins import call_hook, plugin_info, serving_adapters
 
@@ -54,11 +55,16 @@ def build_cli() -> click.Group:
 
     @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
     @click.version_option(package_name="blip2plugins", prog_name="blip2")
-    def cli() -> None:
+    @click.option("-v", "--verbose", is_flag=True,
+                  help=f"Show the libraries' progress bars, notices and warnings too (as {quiet.ENV}=info does).")
+    def cli(verbose: bool) -> None:
         """Caption images, answer questions about them and chat with BLIP-2.
 
         Commands come from plugins: `blip2 plugins` lists the loaded ones.
         """
+        if verbose and not quiet.verbose():
+            os.environ[quiet.ENV] = "info"  # also for the processes a command starts
+            logging.getLogger().setLevel(logging.INFO)
 
     @cli.group(cls=ServeGroup)
     def serve() -> None:
@@ -106,7 +112,7 @@ def main(args: list[str] | None = None) -> None:
     _idle_threads_sleep()
     handler = logging.StreamHandler()
     handler.setFormatter(_OneLine())
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.basicConfig(level=quiet.log_level(), handlers=[handler])
     # The loader enforces its own pixel cap and says so in one line; Pillow's warning would only add two.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval, Blip2Processor
 
-from . import artifacts
+from . import artifacts, quiet
 from .errors import ModelLoadError, StoreError
 from .families import Family, family_of
 from .images import describe
@@ -156,6 +156,8 @@ def _quantization(quantize: str | None, dtype: torch.dtype) -> Any:
         return None
     if quantize not in QUANTIZE:
         raise ModelLoadError(f"quantize {quantize!r}: expected one of {', '.join(QUANTIZE)}")
+    if not quiet.verbose():  # its optional fast CPU kernel is fetched from the hub at import: it says so when it cannot
+        logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_kernel_notice)
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -173,6 +175,10 @@ def _quantization(quantize: str | None, dtype: torch.dtype) -> Any:
 
 def _drop_cast_notice(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _drop_kernel_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
 
 
 _LOAD_LOCK = threading.Lock()  # concurrent from_pretrained calls corrupt each other ("copy out of meta tensor")
@@ -313,12 +319,13 @@ def _check_config(config: Blip2Config, preset: ModelPreset, *, generation: bool)
 @contextmanager
 def _loading(what: str, source: str) -> Iterator[None]:
     """Any failure of transformers to read a checkpoint (a bad config value, a damaged tokenizer or
-    weights file) as one :class:`ModelLoadError` line naming it and the folder or hub id."""
+    weights file) as one :class:`ModelLoadError` line naming it and the folder or hub id; no progress bars."""
     mismatches = _Mismatches()
     report = logging.getLogger("transformers.modeling_utils")  # where the load report is logged
     report.addFilter(mismatches)
     try:
-        yield
+        with quiet.loading():
+            yield
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers fails in many ways on damaged files

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from .. import quiet
 from ..families import Family, family_of
 
 Method = Callable[[torch.nn.Module, Any], torch.nn.Module]
@@ -51,7 +52,8 @@ def lora_target_regex(family: Family, *, mlp: bool = False, targets: tuple[str, 
 
 def lora(model: torch.nn.Module, config: Any) -> torch.nn.Module:
     """Wrap ``model`` in LoRA adapters (peft); only the adapters (and ``lora_modules_to_save``) train."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    with quiet.peft():
+        from peft import LoraConfig, PeftModel, get_peft_model
 
     if isinstance(model, PeftModel):
         return model
@@ -65,7 +67,8 @@ def lora(model: torch.nn.Module, config: Any) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):  # the adapters' initial weights depend on the seed alone
         torch.manual_seed(config.seed)
         try:
-            return get_peft_model(model, lora_config)
+            with quiet.peft():
+                return get_peft_model(model, lora_config)
         except ValueError as exc:  # no module matched
             raise ValueError(f"LoRA targets {regex!r} match nothing in this model: {exc}") from None
 
