@@ -67,14 +67,16 @@ class Conversation:
     Each question is rendered by :func:`render_chat` with the past turns, after the optional
     ``system`` preamble; the oldest turns are dropped when the prompt would not fit the language
     model's context (see :func:`render_chat`), and ``turns_dropped`` says how many the last question
-    left out. A turn remembers the model's own answer (``Result.raw_text``), not the one that
-    ``process_result`` hooks made, so later prompts show the model what it said.
+    left out. ``image`` describes the image (each turn's ``Result.image``). A turn remembers the
+    model's own answer (``Result.raw_text``), not the one that ``process_result`` hooks made, so
+    later prompts show the model what it said.
     """
 
     def __init__(self, host: Host, features: torch.Tensor | None, *, system: str | None,
-                 options: GenerationOptions) -> None:
+                 options: GenerationOptions, image: str | None = None) -> None:
         self.host = host
         self.features = features
+        self.image = image
         self.system = system
         self.options = options
         self.turns: list[tuple[str, str]] = []
@@ -88,7 +90,7 @@ class Conversation:
         """Answer ``question`` about the image, then remember the turn."""
         opts = self.options.updated(**options)
         prompt, self.turns_dropped = self._fit(question, opts)
-        result = self.host.submit_features("chat", self.features, prompt, opts).result()
+        result = self.host.submit_features("chat", self.features, prompt, opts, image=self.image).result()
         if not result.ok:
             raise Blip2Error(result.error)
         self.turns.append((question, result.raw_text or ""))
@@ -102,7 +104,7 @@ class Conversation:
         """
         opts = self.options.updated(**options)
         prompt, self.turns_dropped = self._fit(question, opts)
-        stream = self.host.stream("chat", self.features, prompt, opts)
+        stream = self.host.stream("chat", self.features, prompt, opts, image=self.image)
         yield from stream.processed()
         self.turns.append((question, stream.result().raw_text or ""))
 

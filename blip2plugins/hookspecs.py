@@ -70,7 +70,7 @@ def process_result(task: str, result: Result) -> Result | None:
     If one raises or returns another type, that result fails with an error naming the plugin.
     Failed items (``result.error`` set) are not passed on. With ``n`` > 1 each candidate is passed
     on its own. ``result.raw_text`` keeps the model's text (chat history uses it) and
-    ``result.image`` names the source image (``None`` for calls given encoded features).
+    ``result.image`` names the source image (``None`` when unknown: text-only, or features only).
     """
 
 

@@ -274,8 +274,8 @@ class Host:
             return self._one(self._submit_one("ask", images, prompt, opts, strict=True))
         if not isinstance(images, (list, tuple)):
             features = self.encode(images)
-            return self._wait([self.submit_features("ask", features, family.render_question(q), opts)
-                               for q in question])
+            return self._wait([self.submit_features("ask", features, family.render_question(q), opts,
+                                                    image=describe(images)) for q in question])
         prompts = [family.render_question(q) for q in _spread(question, len(images), "question")]
         return list(self._in_order(self._submit_images("ask", zip(images, prompts), opts), self._wait))
 
@@ -306,7 +306,8 @@ class Host:
         """Start a conversation about one image, encoded once, here; ``image=None`` chats without one."""
         self.loaded.require("chat")
         features = None if image is None else self.encode(image)
-        return Conversation(self, features, system=system, options=self.options(**options))
+        return Conversation(self, features, system=system, options=self.options(**options),
+                            image=None if image is None else describe(image))
 
     def submit_caption(self, image: Any, *, prompt: str | None = None, n: int = 1, **options: Any) -> Future[Result]:
         """Queue one caption; the future's result has ``error`` set if the item failed."""
@@ -509,20 +510,23 @@ class Host:
             return exc
 
     def submit_features(self, task: str, features: torch.Tensor | None, prompt: str,
-                        options: GenerationOptions) -> Future[Result]:
+                        options: GenerationOptions, *, image: str | None = None) -> Future[Result]:
         """Queue a generation from already-encoded image features and a fully rendered prompt.
 
         With ``features=None`` the language model alone answers the prompt (no image tokens); such
-        text-only requests are batched with each other.
+        text-only requests are batched with each other. ``image`` names the features' source in the
+        result (``Result.image``).
         """
         self.loaded.require("chat")
         try:
             self._check_prompt(prompt, options, image=features is not None)
         except OptionError as exc:
-            return _failed(self._failure(task, prompt, str(exc)))
-        return self._enqueue(_Generate(task, prompt, options, features=features, text_only=features is None))
+            return _failed(self._failure(task, prompt, str(exc), image))
+        return self._enqueue(_Generate(task, prompt, options, features=features, text_only=features is None,
+                                       image=image))
 
-    def stream(self, task: str, features: torch.Tensor | None, prompt: str, options: GenerationOptions) -> TextStream:
+    def stream(self, task: str, features: torch.Tensor | None, prompt: str, options: GenerationOptions, *,
+               image: str | None = None) -> TextStream:
         """Like :meth:`submit_features`, but the text comes as deltas while the worker generates it.
 
         The request runs as a batch of its own. Iterating the returned :class:`TextStream` yields the
@@ -534,7 +538,7 @@ class Host:
         if options.num_beams > 1 or options.n > 1:
             raise OptionError(f"streaming needs num_beams=1 and n=1, got num_beams={options.num_beams}, n={options.n}")
         self._check_prompt(prompt, options, image=features is not None)
-        request = _Generate(task, prompt, options, features=features, text_only=features is None)
+        request = _Generate(task, prompt, options, features=features, text_only=features is None, image=image)
         request.stream = TextStream(request.future, self.loaded.processor.tokenizer,
                                     lambda raw: self._text(request, options.cut(raw)[0]), options.stop,
                                     hold=bool(plugins.get_plugin_manager().hook.process_result.get_hookimpls()))

@@ -140,7 +140,8 @@ class Result:
     ``"length"`` when it ran out of new tokens and ``"cancelled"`` when a stream was closed early.
     When the item failed, ``text`` and ``score`` are ``None`` and ``error`` says why. ``raw_text`` is
     the model's own best text, before any ``process_result`` hook (chats remember it, streams hand it
-    out); ``image`` describes the source image, ``None`` when the call was given encoded features.
+    out); ``image`` describes the source image, ``None`` when there is none or the call was given
+    only encoded features.
     """
 
     task: str

@@ -256,8 +256,12 @@ def test_results_name_their_image_and_hooks_process_every_candidate(demo, tmp_pa
         beams = demo.caption(DEMO_IMAGE, num_beams=2, n=2)
         missing = demo.caption([str(tmp_path / "missing.png")])[0]
         chat = demo.chat(DEMO_IMAGE).ask("what color is the circle?")
+        asked = demo.ask(DEMO_IMAGE, ["how many shapes?"])[0]
+        features = demo.submit_features("chat", demo.encode(DEMO_IMAGE), "Question: what? Answer:",
+                                        demo.options()).result()
     assert beams.image == str(DEMO_IMAGE) and seen[:2] == [str(DEMO_IMAGE)] * 2
     assert [text for text, _ in beams.candidates] == [f"{text} #tag" for text in (beams.raw_text, beams.candidates[1][0][:-5])]
-    assert beams.text == beams.candidates[0][0] and len(seen) == 3
+    assert beams.text == beams.candidates[0][0]
     assert not missing.ok and missing.image == str(tmp_path / "missing.png")
-    assert chat.image is None and seen[-1] is None
+    assert chat.image == asked.image == str(DEMO_IMAGE) and seen[2:] == [str(DEMO_IMAGE)] * 2 + [None]
+    assert features.image is None
