@@ -541,7 +541,7 @@ class Host:
         request = _Generate(task, prompt, options, features=features, text_only=features is None, image=image)
         request.stream = TextStream(request.future, self.loaded.processor.tokenizer,
                                     lambda raw: self._text(request, options.cut(raw)[0]), options.stop,
-                                    hold=bool(plugins.get_plugin_manager().hook.process_result.get_hookimpls()))
+                                    hold=_hooks_process_results())
         self._enqueue(request)
         return request.stream
 
@@ -861,11 +861,11 @@ class Host:
             timings = {**request.timings, "queue_s": started - request.queued, "encode_s": encoded - started,
                        "generate_s": done - encoded, "total_s": done - request.queued + request.timings.get("preprocess_s", 0.0)}
             try:
-                result = _processed(request, [Result(request.task, text, score, self.name, self.model_version,
-                                                     prompt=request.prompt, candidates=[(text, score)],
-                                                     timings=dict(timings), finish_reason=reason, raw_text=text,
-                                                     image=request.image)
-                                              for (text, score), reason in zip(candidates, reasons)])
+                result = _processed(request.task, [Result(request.task, text, score, self.name, self.model_version,
+                                                          prompt=request.prompt, candidates=[(text, score)],
+                                                          timings=dict(timings), finish_reason=reason, raw_text=text,
+                                                          image=request.image)
+                                                   for (text, score), reason in zip(candidates, reasons)])
             except PluginError as exc:  # that item fails; the batch and the worker go on
                 result = self._failure(request.task, request.prompt, str(exc), request.image)
             request.future.set_result(result)
@@ -922,11 +922,16 @@ class Host:
         return generated.strip()
 
 
-def _processed(request: _Generate, candidates: list[Result]) -> Result:
+def _processed(task: str, candidates: list[Result]) -> Result:
     """The best candidate after the ``process_result`` hooks, each candidate passed through them on
     its own; its ``candidates`` are the processed ones, best first."""
-    done = [plugins.process_result(request.task, candidate) for candidate in candidates]
+    done = [plugins.process_result(task, candidate) for candidate in candidates]
     return replace(done[0], candidates=[(result.text, result.score) for result in done])
+
+
+def _hooks_process_results() -> bool:
+    """Whether a ``process_result`` implementation is registered (a stream's text may then change at the end)."""
+    return bool(plugins.get_plugin_manager().hook.process_result.get_hookimpls())
 
 
 def _finish_reason(stopped: bool, early: bool, stream: TextStream | None) -> str:

@@ -42,7 +42,7 @@ class _Request:
     prompt: str
     options: GenerationOptions
     image: ImageRef | None
-    turns_dropped: int = 0
+    turns_dropped: int
 
 
 class ChatBlip2(HostSettings, BaseChatModel):
