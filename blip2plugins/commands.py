@@ -166,12 +166,8 @@ def _option_error(exc: OptionError) -> click.UsageError:
 
 def _load_host(model: str, adapter: str | None, device: str, dtype: str, quantize: str | None, *,
                fast_preprocess: bool = False) -> Host:
-    from transformers.utils import logging as transformers_logging
-
     from .host import Host  # torch and transformers load only for the commands that need them
 
-    if not sys.stderr.isatty():  # keep logs free of transformers' "Loading weights" bars
-        transformers_logging.disable_progress_bar()
     return Host.load(model, device=device, dtype=dtype, quantize=quantize, adapter=adapter,
                      fast_preprocess=fast_preprocess)
 
