@@ -678,7 +678,6 @@ class Host:
     def _check_prompt(self, prompt: Any, options: GenerationOptions, *, image: bool = True) -> None:
         """Refuse, before it joins a batch, a prompt that is not a string, holds the image token or
         does not fit the context (with the image's query tokens and, decoder-only, ``max_new_tokens``)."""
-        _require_strings([prompt], "a prompt")
         require_text(prompt, "a prompt", empty=True)
         token = self.loaded.processor.image_token.content
         if token in prompt:
@@ -1029,7 +1028,6 @@ def _require_strings(values: Sequence[Any], what: str) -> None:
     for value in values:
         if not isinstance(value, str):
             raise OptionError(f"{what} must be a string, got {type(value).__name__} {shown(value)}")
-
 
 
 MAX_BATCH_SIZE = 4096
