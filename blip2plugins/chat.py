@@ -39,13 +39,12 @@ def fit_chat(loaded: LoadedModel, turns: Sequence[tuple[str, str]], question: st
     ``system`` preamble) does not fit.
     """
     budget = loaded.prompt_budget(image=image, max_new_tokens=max_new_tokens)
-    tokenizer = loaded.processor.tokenizer
     if system is not None:
         require_text(system, "the system text", empty=True)
     preamble = f"{system.strip()} " if system and system.strip() else ""
     for start in range(len(turns) + 1):
         text = preamble + loaded.family.render_chat(list(turns[start:]), question)
-        if (length := len(tokenizer(text).input_ids)) <= budget:
+        if (length := loaded.count_tokens(text)) <= budget:
             return text, start
     context = "with the system text" if preamble else "alone"
     raise OptionError(f"question too long: {length} tokens {context}; {room_for_prompt(loaded, image, max_new_tokens)}")

@@ -684,7 +684,7 @@ class Host:
             raise OptionError(f"prompt {prompt[:60]!r} contains the image token {token!r}")
         length = self._prompt_lengths.get(prompt)
         if length is None:
-            length = len(self.loaded.processor.tokenizer(prompt).input_ids)
+            length = self.loaded.count_tokens(prompt)
             if len(self._prompt_lengths) > 4096:
                 self._prompt_lengths.clear()
             self._prompt_lengths[prompt] = length
@@ -793,7 +793,8 @@ class Host:
         if isinstance(batch[0], _Encode):
             self._stats["encoded"] += len(batch)
             return list(retrieval.image_embeddings(net, torch.stack([r.pixel_values for r in batch])).float().cpu())
-        ids, mask = retrieval.tokenize(head.processor.tokenizer, [r.text for r in batch], head.max_text_tokens)
+        ids, mask = retrieval.tokenize(partial(self.loaded.tokenize, tokenizer=head.processor.tokenizer),
+                                       [r.text for r in batch], head.max_text_tokens)
         if isinstance(batch[0], _EmbedText):
             return list(retrieval.text_embeddings(net, ids, mask).float().cpu())
         vision = retrieval.vision_states(net, torch.stack([r.pixel_values for r in batch]))
@@ -878,7 +879,7 @@ class Host:
         """
         loaded = self.loaded
         side = "left" if loaded.family.decoder_only else "right"
-        text = loaded.processor.tokenizer(prompts, padding=True, padding_side=side, return_tensors="pt")
+        text = loaded.tokenize(prompts, padding=True, padding_side=side, return_tensors="pt")
         rows = len(prompts)
         queries = loaded.num_query_tokens if image else 0
         image = torch.full((rows, queries), loaded.image_token_id, dtype=text.input_ids.dtype)

@@ -9,7 +9,7 @@ import logging
 import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -75,9 +75,24 @@ class LoadedModel:
     dtype: torch.dtype
     adapter: artifacts.Attached | None = None
     retrieval: RetrievalModel | None = None
+    _tokenizing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.base_version = self.version
+
+    def tokenize(self, text: str | list[str], *, tokenizer: Any = None, **options: Any) -> Any:
+        """``tokenizer(text, **options)`` (default: the processor's), one call at a time.
+
+        A fast tokenizer keeps its padding and truncation settings on one shared object and sets them
+        on every call, so a caller counting tokens while the worker pads a batch breaks the batch
+        ("Unable to create tensor"). Every tokenization of a served model goes through here.
+        """
+        with self._tokenizing:
+            return (tokenizer or self.processor.tokenizer)(text, **options)
+
+    def count_tokens(self, text: str, *, special: bool = True) -> int:
+        """How many tokens ``text`` takes (with the tokenizer's BOS/EOS when ``special``)."""
+        return len(self.tokenize(text, add_special_tokens=special).input_ids)
 
     @property
     def tasks(self) -> tuple[str, ...]:

@@ -150,7 +150,7 @@ class ChatBlip2(HostSettings, BaseChatModel):
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` by the model's own tokenizer (no special tokens)."""
-        return list(self.get_host().loaded.processor.tokenizer(text, add_special_tokens=False).input_ids)
+        return list(self.get_host().loaded.tokenize(text, add_special_tokens=False).input_ids)
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Input tokens these messages cost: the rendered prompt plus the image's query tokens."""
@@ -294,13 +294,12 @@ class ChatBlip2(HostSettings, BaseChatModel):
 
 def _input_tokens(host: Host, prompt: str, image: bool) -> int:
     loaded = host.loaded
-    return len(loaded.processor.tokenizer(prompt).input_ids) + (loaded.num_query_tokens if image else 0)
+    return loaded.count_tokens(prompt) + (loaded.num_query_tokens if image else 0)
 
 
 def _usage(request: _Request, result: Result) -> UsageMetadata:
-    tokenizer = request.host.loaded.processor.tokenizer
     inputs = _input_tokens(request.host, request.prompt, request.features is not None)
-    outputs = len(tokenizer(result.text or "", add_special_tokens=False).input_ids)
+    outputs = request.host.loaded.count_tokens(result.text or "", special=False)
     return UsageMetadata(input_tokens=inputs, output_tokens=outputs, total_tokens=inputs + outputs)
 
 
