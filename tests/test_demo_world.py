@@ -171,3 +171,27 @@ def test_the_recipe_reaches_the_bar(tmp_path) -> None:
     facts = train_demo(tmp_path / "demo", progress=False, log=lambda line: None)
     assert facts["metrics"]["caption_exact_match"] >= 0.98 and facts["metrics"]["vqa_accuracy"] >= 0.97
     assert facts["size_bytes"] <= 5 * 1024 * 1024
+
+
+def test_evaluate_takes_pictures_from_any_renderer() -> None:
+    from blip2plugins.demo.recipe import Picture
+
+    flipped = [Picture(world.render(s).transpose(0), world.caption(s), world.questions(s)) for s in scenes(12, seed=9)]
+    truth = {p.image.tobytes(): p for p in flipped}
+    metrics = evaluate(lambda ims: [truth[im.tobytes()].caption for im in ims],
+                       lambda ims, qs: [dict(truth[im.tobytes()].questions)[q] for im, q in zip(ims, qs)],
+                       scenes=flipped, batch_size=5)
+    assert metrics["n_scenes"] == 12 and metrics["caption_exact_match"] == metrics["vqa_accuracy"] == 1.0
+
+
+def test_evaluate_chat_scores_each_turn_and_counts_refused_ones() -> None:
+    from blip2plugins.demo.recipe import evaluate_chat, pictures
+    from blip2plugins.host import Host
+
+    shown = pictures(16, seed=3)
+    with Host.load("demo") as host:
+        metrics = evaluate_chat(host, shown, turns=3, seed=0)
+        assert len(metrics["per_turn"]) == 3 and metrics["conversations"] == 16 and metrics["refused"] == 0
+        assert metrics["per_turn"][0] >= 0.9  # a first question about its own renderer's scenes
+        crowded = evaluate_chat(host, shown[:4], turns=2, system="please " * 200)
+    assert crowded["per_turn"] == [0.0, 0.0] and crowded["refused"] == 8 and "too long" in crowded["first_refusal"]

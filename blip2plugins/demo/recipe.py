@@ -14,14 +14,16 @@ import platform
 import random
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from PIL import Image
 
 from ..building import ModelSpec, build_model, build_processor, train_tokenizer
+from ..errors import Blip2Error
 from ..families import OPT, Family
 from ..host import Host
 from ..training import Example, TrainConfig, count_parameters, train
@@ -40,6 +42,14 @@ DEFAULT_STEPS = 4000
 #: at width 64 it leaves attention uniform for a long time).
 INIT_STD = 0.1
 EVAL_SEED_OFFSET = 1000
+
+
+class Picture(NamedTuple):
+    """A scene as the evaluation sees it: an image, its caption and its ``(question, answer)`` pairs."""
+
+    image: Image.Image
+    caption: str
+    questions: list[tuple[str, str]]
 
 
 class SceneExamples(Sequence[Example]):
@@ -76,33 +86,41 @@ class SceneExamples(Sequence[Example]):
         return Example(image, self.family.render_question(question), answer)
 
 
+def pictures(n_scenes: int, seed: int, *, palette: Sequence[str] = world.BASIC_COLOURS) -> list[Picture]:
+    """``n_scenes`` fresh scenes of the world drawn from ``seed``, plain (64 px, hard edges)."""
+    rng = random.Random(seed)
+    scenes = [world.random_scene(rng, palette=palette) for _ in range(n_scenes)]
+    return [Picture(world.render(s), world.caption(s), world.questions(s)) for s in scenes]
+
+
 def _norm(text: str) -> str:
     return text.strip().lower().rstrip(".").strip()
 
 
 def evaluate(caption_fn: CaptionFn, ask_fn: AskFn, *, n_scenes: int = 500, seed: int = 1, batch_size: int = 64,
-             palette: Sequence[str] = world.BASIC_COLOURS) -> dict[str, Any]:
-    """Caption exact match and VQA accuracy on ``n_scenes`` fresh scenes drawn from ``seed``.
+             palette: Sequence[str] = world.BASIC_COLOURS, scenes: Sequence[Picture] | None = None) -> dict[str, Any]:
+    """Caption exact match and VQA accuracy on ``n_scenes`` fresh scenes drawn from ``seed`` (or on
+    the given ``scenes``, e.g. drawn by another renderer).
 
     Every scene is captioned and asked every question of :func:`world.questions`. Answers are
     compared after stripping, lower-casing and dropping a final period. The functions get batches of
     at most ``batch_size`` items. Returns the rates, per-kind VQA accuracy, counts and a few mistakes.
     """
-    rng = random.Random(seed)
-    scenes = [world.random_scene(rng, palette=palette) for _ in range(n_scenes)]
-    images = [world.render(s) for s in scenes]
-    captions = []
-    for i in range(0, n_scenes, batch_size):
+    if scenes is None:
+        scenes = pictures(n_scenes, seed, palette=palette)
+    images = [p.image for p in scenes]
+    captions: list[str] = []
+    for i in range(0, len(images), batch_size):
         captions += caption_fn(images[i : i + batch_size])
-    items = [(image, q, a) for image, s in zip(images, scenes) for q, a in world.questions(s)]
+    items = [(p.image, q, a) for p in scenes for q, a in p.questions]
     answers: list[str] = []
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
         answers += ask_fn([im for im, _, _ in chunk], [q for _, q, _ in chunk])
     mistakes: list[dict[str, str]] = []
-    caption_ok = [_norm(got) == _norm(world.caption(s)) for got, s in zip(captions, scenes)]
-    mistakes += [{"task": "caption", "expected": world.caption(s), "got": got}
-                 for got, s, ok in zip(captions, scenes, caption_ok) if not ok]
+    caption_ok = [_norm(got) == _norm(p.caption) for got, p in zip(captions, scenes)]
+    mistakes += [{"task": "caption", "expected": p.caption, "got": got}
+                 for got, p, ok in zip(captions, scenes, caption_ok) if not ok]
     per_kind: dict[str, list[bool]] = {"colour": [], "count": [], "presence": []}
     for (_, q, a), got in zip(items, answers):
         ok = _norm(got) == _norm(a)
@@ -114,8 +132,39 @@ def evaluate(caption_fn: CaptionFn, ask_fn: AskFn, *, n_scenes: int = 500, seed:
         "caption_exact_match": sum(caption_ok) / max(1, len(caption_ok)),
         "vqa_accuracy": sum(vqa_ok) / max(1, len(vqa_ok)),
         **{f"vqa_{kind}": sum(oks) / max(1, len(oks)) for kind, oks in per_kind.items()},
-        "n_scenes": n_scenes, "n_questions": len(vqa_ok), "seed": seed, "mistakes": mistakes[:10],
+        "n_scenes": len(scenes), "n_questions": len(vqa_ok), "seed": seed, "mistakes": mistakes[:10],
     }
+
+
+def evaluate_chat(host: Host, scenes: Sequence[Picture], *, turns: int = 5, seed: int = 0,
+                  system: str | None = None, workers: int = 32) -> dict[str, Any]:
+    """Accuracy at each turn of one ``turns``-question conversation per scene (``host.chat``).
+
+    Each conversation asks ``turns`` questions drawn from the scene's own (seeded), one after another,
+    after the optional ``system`` text; the model's own answers form the history. A turn the model
+    cannot take (e.g. the system text and question do not fit its context) counts as wrong, and in
+    ``refused``. ``workers`` conversations run at once, so the host batches their turns.
+    """
+    rng = random.Random(seed)
+    plans = [[rng.choice(p.questions) for _ in range(turns)] for p in scenes]
+    refused: list[str] = []
+
+    def talk(index: int) -> list[bool]:
+        conversation = host.chat(scenes[index].image, system=system)
+        right = []
+        for question, answer in plans[index]:
+            try:
+                right.append(_norm(conversation.ask(question).text or "") == _norm(answer))
+            except Blip2Error as error:
+                refused.append(str(error))
+                right.append(False)
+        return right
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(talk, range(len(scenes))))
+    per_turn = [sum(r[t] for r in results) / max(1, len(results)) for t in range(turns)]
+    return {"per_turn": per_turn, "worst_turn": min(per_turn, default=0.0), "conversations": len(scenes),
+            "turns": turns, "system": system, "refused": len(refused), "first_refusal": refused[0] if refused else None}
 
 
 def host_fns(host: Host) -> tuple[CaptionFn, AskFn]:

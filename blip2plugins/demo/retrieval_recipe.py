@@ -11,7 +11,6 @@ measures recall on held-out scenes and saves model, processor and a model card.
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from ..building import build_retrieval_model
 from ..errors import ModelLoadError, OptionError
 from ..training.retrieval_train import RetrievalTrainConfig, train_retrieval
 from . import MODEL_DIR, world
-from .recipe import DEMO_SPEC, EVAL_SEED_OFFSET, SceneExamples, software_versions, write_card
+from .recipe import DEMO_SPEC, EVAL_SEED_OFFSET, Picture, SceneExamples, pictures, software_versions, write_card
 
 ImageFn = Callable[[list[Image.Image]], torch.Tensor]  # images -> (N, Q, D) unit-length query embeddings
 TextFn = Callable[[list[str]], torch.Tensor]  # texts -> (N, D) unit-length embeddings
@@ -154,8 +153,10 @@ def model_fns(model: Blip2ForImageTextRetrieval, processor: Any, *, batch_size: 
 
 def retrieval_recall(image_fn: ImageFn, text_fn: TextFn, *, n_scenes: int = 500, seed: int = DEFAULT_EVAL_SEED,
                      match_fn: MatchFn | None = None, batch_size: int = 64,
-                     palette: Sequence[str] = world.BASIC_COLOURS) -> dict[str, Any]:
-    """Recall@1 / @5 of ITC retrieval on ``n_scenes`` fresh scenes drawn from ``seed``.
+                     palette: Sequence[str] = world.BASIC_COLOURS, scenes: Sequence[Picture] | None = None
+                     ) -> dict[str, Any]:
+    """Recall@1 / @5 of ITC retrieval on ``n_scenes`` fresh scenes drawn from ``seed`` (or on the
+    given ``scenes``, e.g. drawn by another renderer).
 
     The candidates are the scenes' images and their distinct captions. Text->image: each distinct
     caption is a query, and a hit is an image with that caption among the top k. Image->text: each
@@ -167,16 +168,17 @@ def retrieval_recall(image_fn: ImageFn, text_fn: TextFn, *, n_scenes: int = 500,
     probabilities of every image with its own caption and with its hardest wrong caption (the
     highest ITC similarity).
     """
-    if n_scenes < 1:
-        raise OptionError(f"n_scenes must be >= 1, got {n_scenes}")
-    rng = random.Random(seed)
-    scenes = [world.random_scene(rng, palette=palette) for _ in range(n_scenes)]
-    captions = [world.caption(s) for s in scenes]
+    if scenes is None:
+        if n_scenes < 1:
+            raise OptionError(f"n_scenes must be >= 1, got {n_scenes}")
+        scenes = pictures(n_scenes, seed, palette=palette)
+    n_scenes = len(scenes)
+    captions = [p.caption for p in scenes]
     distinct = sorted(set(captions))
     index = {c: i for i, c in enumerate(distinct)}
     truth = torch.tensor([index[c] for c in captions])
-    pictures = [world.render(s) for s in scenes]
-    images = torch.cat([image_fn(pictures[i : i + batch_size]) for i in range(0, n_scenes, batch_size)])
+    shown = [p.image for p in scenes]
+    images = torch.cat([image_fn(shown[i : i + batch_size]) for i in range(0, n_scenes, batch_size)])
     texts = torch.cat([text_fn(distinct[i : i + batch_size]) for i in range(0, len(distinct), batch_size)])
     sim = retrieval.itc(images.float(), texts.float())  # (images, captions)
     metrics: dict[str, Any] = {}
@@ -186,12 +188,12 @@ def retrieval_recall(image_fn: ImageFn, text_fn: TextFn, *, n_scenes: int = 500,
         metrics[f"text_to_image_r{k}"] = (truth[top_images] == torch.arange(len(distinct))[:, None]).any(1).float().mean().item()
         metrics[f"image_to_text_r{k}"] = (top_texts == truth[:, None]).any(1).float().mean().item()
     if match_fn is not None:
-        own = torch.cat([match_fn(pictures[i : i + batch_size], captions[i : i + batch_size])
+        own = torch.cat([match_fn(shown[i : i + batch_size], captions[i : i + batch_size])
                          for i in range(0, n_scenes, batch_size)])
         rates = [(own > 0.5).float().mean().item()]
         if len(distinct) > 1:
             hardest = sim.scatter(1, truth[:, None], float("-inf")).argmax(dim=1)
-            wrong = torch.cat([match_fn(pictures[i : i + batch_size], [distinct[j] for j in hardest[i : i + batch_size]])
+            wrong = torch.cat([match_fn(shown[i : i + batch_size], [distinct[j] for j in hardest[i : i + batch_size]])
                                for i in range(0, n_scenes, batch_size)])
             rates.append((wrong < 0.5).float().mean().item())
         metrics["itm_accuracy"] = sum(rates) / len(rates)
