@@ -116,9 +116,10 @@ generation_options = _options(
     click.option("--min-new-tokens", type=Whole(), help="Fewest tokens to generate."),
     click.option("--beams", "num_beams", type=Whole(), help="Beam-search width."),
     click.option("--sample/--no-sample", "do_sample", default=None, help="Sample instead of searching."),
-    click.option("--temperature", type=Real(), help="Sampling temperature."),
-    click.option("--top-p", type=Real(), help="Nucleus-sampling probability mass."),
-    click.option("--top-k", type=Whole(), help="Sample among the k likeliest tokens."),
+    click.option("--temperature", type=Real(), help="Sampling temperature (default: the checkpoint's generation config)."),
+    click.option("--top-p", type=Real(), help="Nucleus-sampling probability mass (default: the checkpoint's)."),
+    click.option("--top-k", type=Whole(), help="Sample among the k likeliest tokens; 0: all (default: the checkpoint's, "
+                 "transformers' 50 when it sets none)."),
     click.option("--repetition-penalty", type=Real(), help="Penalty for repeated tokens (1 = none)."),
     click.option("--no-repeat-ngram-size", type=Whole(), help="Never repeat an n-gram of this size."),
     click.option("--seed", type=Whole(), help="Random seed, for reproducible sampling."),

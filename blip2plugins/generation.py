@@ -32,15 +32,18 @@ class GenerationOptions:
     """Validated generation options; ``n`` is the number of sequences returned per item.
 
     ``stop`` is a tuple of stop strings (a single string or a list is accepted and made a tuple).
+    ``temperature``, ``top_p`` and ``top_k`` left at ``None`` are the checkpoint's (its
+    ``generation_config``; transformers' defaults 1.0, 1.0 and 50 when it sets none), as
+    ``generate`` uses them; they apply only when sampling.
     """
 
     max_new_tokens: int = MAX_NEW_TOKENS_DEFAULT
     min_new_tokens: int = 0
     num_beams: int = 1
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     length_penalty: float = 1.0
@@ -82,11 +85,13 @@ class GenerationOptions:
             raise OptionError(f"min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})")
         _between("num_beams", self.num_beams, 1, 32)
         _between("n", self.n, 1, 32)
-        _range("temperature", self.temperature, MIN_TEMPERATURE, 100,
-               "lower temperatures sample like greedy search, and logits divided by them overflow float32")
-        if not 0 < self.top_p <= 1:
+        if self.temperature is not None:
+            _range("temperature", self.temperature, MIN_TEMPERATURE, 100,
+                   "lower temperatures sample like greedy search, and logits divided by them overflow float32")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
             raise OptionError(f"top_p must be in (0, 1], got {self.top_p}")
-        _at_least("top_k", self.top_k, 0)
+        if self.top_k is not None:
+            _at_least("top_k", self.top_k, 0)
         _range("repetition_penalty", self.repetition_penalty, MIN_REPETITION_PENALTY, 100,
                "1 is none, lower values reward repeats, and below the limit texts degenerate or come out empty")
         _at_least("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
@@ -107,8 +112,9 @@ class GenerationOptions:
                                   "do_sample": self.do_sample, "num_return_sequences": self.n}
         if self.min_new_tokens:
             kwargs["min_new_tokens"] = self.min_new_tokens
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.do_sample:  # unset ones stay the checkpoint's generation config
+            kwargs.update({name: value for name, value in (("temperature", self.temperature), ("top_p", self.top_p),
+                                                           ("top_k", self.top_k)) if value is not None})
         if self.repetition_penalty != 1.0:
             kwargs["repetition_penalty"] = self.repetition_penalty
         if self.no_repeat_ngram_size:

@@ -69,3 +69,26 @@ def test_the_command_refuses_them_before_loading_the_model(tmp_path, monkeypatch
     result = CliRunner().invoke(build_cli(), ["caption", "--model", "demo", str(tmp_path / "a.png"), *args])
     assert result.exit_code == 2 and f"'{flag}'" in result.output and "Invalid value for" in result.output, result.output
     assert len(result.output.splitlines()[-1]) < 300
+
+
+def test_sampling_follows_the_checkpoints_generation_config_unless_told() -> None:
+    """Left unset, temperature / top_p / top_k are the checkpoint's, as in transformers' generate."""
+    import torch
+
+    from blip2plugins.demo import world
+
+    image = world.render(world.make_scene({"circle": "red", "square": "blue"}))
+    hot = {"do_sample": True, "temperature": 5.0, "max_new_tokens": 8}  # flat enough for top_k to matter
+    with Host.load("demo") as host:
+        assert not {"temperature", "top_p", "top_k"} & set(host.options(do_sample=True).generate_kwargs())
+        ours = [host.caption(image, seed=seed, **hot).raw_text for seed in range(8)]
+        everything = [host.caption(image, seed=seed, top_k=0, **hot).raw_text for seed in range(8)]
+        processor, model = host.loaded.processor, host.loaded.model
+        inputs = processor(images=image, text="", return_tensors="pt")
+        raw = []
+        for seed in range(8):
+            torch.manual_seed(seed)
+            out = model.generate(**inputs, **hot)
+            raw.append(processor.batch_decode(out[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)[0].strip())
+    assert ours == raw  # transformers' default top_k (50), since the checkpoint sets none
+    assert everything != ours  # and top_k=0 (all tokens), when asked for, is something else
