@@ -28,12 +28,6 @@ from blip2plugins.demo.retrieval_recipe import load_retrieval, model_fns, retrie
 from blip2plugins.host import Host  # noqa: E402
 
 SYSTEM = "You help a labeling team. Reply with a single short answer about the picture."
-LOOKS = {
-    "64x64": lambda s: painter.paint(s),
-    "JPEG q70": lambda s: painter.jpeg(painter.paint(s), 70),
-    "37x53": lambda s: painter.paint(s, 37, 53),
-    "256x256": lambda s: painter.paint(s, 256, 256),
-}
 
 
 def perturbed(scene: painter.Scene, rng: random.Random) -> c.Image.Image:
@@ -69,7 +63,7 @@ def main() -> None:
     scenes = painter.scenes(n, f"benchmark:{args.seed}")
     rows, figures = [], {}
     with Host.load("demo") as host:
-        for name, look in LOOKS.items():
+        for name, look in painter.LOOKS.items():
             m = evaluate(*host_fns(host), scenes=[Picture(look(s), painter.caption(s), painter.questions(s)) for s in scenes])
             figures[name] = m
             rows.append([name, f"{m['caption_exact_match']:.4f}", f"{m['vqa_accuracy']:.4f}", f"{m['vqa_colour']:.4f}",

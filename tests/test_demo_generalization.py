@@ -22,12 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.xfail(strict=True, reason="the demo 
 N_SCENES = 500
 #: A system text that is not among the recipe's training ones.
 SYSTEM = "You help a labeling team. Reply with a single short answer about the picture."
-LOOKS = {
-    "64x64": lambda scene: painter.paint(scene),
-    "jpeg q70": lambda scene: painter.jpeg(painter.paint(scene), 70),
-    "37x53": lambda scene: painter.paint(scene, 37, 53),
-    "256x256": lambda scene: painter.paint(scene, 256, 256),
-}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def scenes() -> list[painter.Scene]:
     return painter.scenes(N_SCENES, "generalization")
 
 
-def pictures(scenes: list[painter.Scene], look=LOOKS["64x64"]) -> list[Picture]:
+def pictures(scenes: list[painter.Scene], look=painter.LOOKS["64x64"]) -> list[Picture]:
     return [Picture(look(s), painter.caption(s), painter.questions(s)) for s in scenes]
 
 
@@ -45,9 +39,9 @@ def host():
         yield loaded
 
 
-@pytest.mark.parametrize("look", list(LOOKS))
+@pytest.mark.parametrize("look", list(painter.LOOKS))
 def test_captions_and_answers_hold_on_another_renderer(host, scenes, look) -> None:
-    metrics = evaluate(*host_fns(host), scenes=pictures(scenes, LOOKS[look]))
+    metrics = evaluate(*host_fns(host), scenes=pictures(scenes, painter.LOOKS[look]))
     assert metrics["n_scenes"] == N_SCENES
     assert metrics["caption_exact_match"] >= 0.97, metrics["mistakes"]
     assert metrics["vqa_accuracy"] >= 0.97, metrics["mistakes"]

@@ -175,6 +175,15 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
         return decoded.convert("RGB")
 
 
+#: The looks the demo model must hold its bars at: 64x64, after JPEG at quality 70, 37x53 and 256x256.
+LOOKS: dict[str, Callable[[Scene], Image.Image]] = {
+    "64x64": lambda scene: paint(scene),
+    "JPEG q70": lambda scene: jpeg(paint(scene), 70),
+    "37x53": lambda scene: paint(scene, 37, 53),
+    "256x256": lambda scene: paint(scene, 256, 256),
+}
+
+
 def caption(scene: Scene) -> str:
     return " and ".join(f"a {shape.colour} {shape.kind}" for shape in scene.shapes)
 
