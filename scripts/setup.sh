@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LABEL_STUDIO_VERSION=1.23.2
+# Label Studio 1.23.2 asks for sentry-sdk>=2.16 and passes options that sentry-sdk 3 refuses ("Unknown option
+# 'send_default_pii'"): the server does not start. The stamp names the constraint, so older caches are rebuilt.
+LABEL_STUDIO_EXTRAS="sentry-sdk<3"
 LS_VENV="${BLIP2_LS_VENV:-$HOME/.cache/blip2plugins/label-studio-venv}"
 project=1
 label_studio=0
@@ -33,13 +36,13 @@ if [ "$project" = 1 ]; then
 fi
 
 if [ "$label_studio" = 1 ]; then
-  stamp="$LS_VENV/.blip2-label-studio-$LABEL_STUDIO_VERSION"
+  stamp="$LS_VENV/.blip2-label-studio-$LABEL_STUDIO_VERSION-sentry2"
   if [ ! -f "$stamp" ]; then
     echo "setup: installing Label Studio $LABEL_STUDIO_VERSION into $LS_VENV (about a minute, once)" >&2
     rm -rf "$LS_VENV"
     mkdir -p "$(dirname "$LS_VENV")"
     python3 -m venv "$LS_VENV"
-    pip_install "$LS_VENV/bin/python" "label-studio==$LABEL_STUDIO_VERSION"
+    pip_install "$LS_VENV/bin/python" "label-studio==$LABEL_STUDIO_VERSION" "$LABEL_STUDIO_EXTRAS"
     touch "$stamp"
   fi
 fi

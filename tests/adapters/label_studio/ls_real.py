@@ -33,11 +33,9 @@ LEGACY_TOKEN = "b1b2c3d4e5f60718293a4b5c6d7e8f9012345678"  # 40 characters, as L
 
 
 def executable() -> Path:
-    """``label-studio`` in its cached environment, installed first if missing."""
-    program = VENV / "bin" / "label-studio"
-    if not (VENV / f".blip2-label-studio-{VERSION}").exists():
-        subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), "--label-studio-only"], check=True)
-    return program
+    """``label-studio`` in its cached environment, installed first if missing or stale (setup.sh knows which)."""
+    subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), "--label-studio-only"], check=True)
+    return VENV / "bin" / "label-studio"
 
 
 def environment(data_dir: Path) -> dict[str, str]:
