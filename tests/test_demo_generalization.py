@@ -1,7 +1,7 @@
 """The bundled demo model on scenes it never saw drawn: the independent painter of ``tests/independent``.
 
 Its shapes, shades, sizes, backgrounds and edges are its own; the model never trains on them. The
-bars are the model cards' promises: a model of the world, not of one drawing routine.
+bars are what a model of the world, not of one drawing routine, must reach.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from independent import painter
 pytestmark = [pytest.mark.slow, pytest.mark.xfail(strict=True, reason="the demo model does not generalize yet")]
 
 N_SCENES = 500
-#: A system text that is not among the recipe's training ones.
+#: A system text as an agent framework sends one (ChatBlip2 makes it the prompt's preamble).
 SYSTEM = "You help a labeling team. Reply with a single short answer about the picture."
 
 
