@@ -842,7 +842,7 @@ class Host:
         out = model.language_model.generate(**inputs, **options.generate_kwargs(), return_dict_in_generate=True,
                                             output_logits=True, output_scores=options.num_beams > 1)
         new_tokens = out.sequences[:, input_ids.shape[1]:] if loaded.family.decoder_only else out.sequences[:, 1:]
-        generated = self._generated(new_tokens)
+        generated = self._generated(new_tokens, options)
         scores = self._scores(out, new_tokens, generated, options)
         texts = loaded.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         early = (generated.sum(dim=1) < options.max_new_tokens).tolist()
@@ -901,15 +901,24 @@ class Host:
         mean = (logp * generated).sum(dim=1) / generated.sum(dim=1).clamp(min=1)
         return mean.exp().tolist()
 
-    def _generated(self, new_tokens: torch.Tensor) -> torch.Tensor:
+    def _generated(self, new_tokens: torch.Tensor, options: GenerationOptions) -> torch.Tensor:
         """Which new tokens each row generated: up to its first EOS (included), and none of the pads
-        that fill a row finished early (by EOS or a stop string) while others went on."""
+        that fill a row a stop string ended while others went on.
+
+        A pad the model generates itself (T5's pad is id 0, an ordinary output) counts like any token.
+        Fill pads only follow a row's end, so only a trailing run of pads after a stop string is left out.
+        """
         eos = self._eos_ids(new_tokens.device)
         is_eos = torch.isin(new_tokens, eos).long()
         valid = (is_eos.cumsum(dim=1) - is_eos) == 0
         pad = self.loaded.model.language_model.generation_config.pad_token_id
-        if pad is not None and not bool((eos == pad).any()):
-            valid &= (new_tokens == pad).long().cumsum(dim=1) == 0
+        if not options.stop or pad is None or bool((eos == pad).any()):
+            return valid
+        trailing = (new_tokens == pad).flip(1).long().cumprod(dim=1).flip(1).bool()
+        for row in torch.nonzero(trailing.any(dim=1) & ~is_eos.bool().any(dim=1)).flatten().tolist():
+            text = self.loaded.processor.tokenizer.decode(new_tokens[row][~trailing[row]], skip_special_tokens=True)
+            if options.cut(text)[1]:
+                valid[row] &= ~trailing[row]
         return valid
 
     def _eos_ids(self, device: torch.device) -> torch.Tensor:
