@@ -106,7 +106,7 @@ model_options = _options(
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps or auto."),
     click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
                  show_default=True, help="Weight dtype."),
-    click.option("--quantize", type=click.Choice(["8bit", "4bit"]), help="Quantize the language model (bitsandbytes)."),
+    click.option("--quantize", type=click.Choice(["8bit", "4bit"]), help="Quantize the vision encoder and language model (bitsandbytes)."),
     click.option("--fast-preprocess", is_flag=True,
                  help="Faster, inexact preparation of large images (JPEG draft decoding, box reduction before the "
                       "resize): pixels differ slightly from the processor's."),

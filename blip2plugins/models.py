@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval, Blip2Processor
 
-from . import artifacts, quiet
+from . import artifacts, checkpoints, quiet
 from .errors import ModelLoadError, StoreError
 from .families import Family, family_of
 from .images import describe
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZE = ("8bit", "4bit")
 _HASH_ALL_BELOW = 64 * 1024 * 1024
-_CPU_4BIT_BLOCK = 64
+_CPU_4BIT_IN, _CPU_4BIT_OUT = 64, 32
 
 
 @dataclass
@@ -206,7 +206,8 @@ def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str
     ``retrieval`` adds a retrieval model for ``match`` / ``similarity`` / ``embed_*``: ``True`` loads
     the preset's companion (if it names one), a string loads that checkpoint, ``False`` none. A
     retrieval checkpoint given as ``model`` loads alone (it has no language model). Quantization
-    applies to the language model only. Safe to call from several threads: loads run one at a time.
+    applies to the vision encoder, the language projection and the language model; transformers keeps
+    the Q-Former (and the retrieval model) in ``dtype``. Safe to call from several threads: loads run one at a time.
     """
     with _LOAD_LOCK:
         return _load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)
@@ -214,6 +215,7 @@ def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str
 
 def _load(model: str, *, device: str, dtype: str, quantize: str | None, retrieval: str | bool) -> LoadedModel:
     preset = _resolve(model)
+    _check_folder(preset)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     if _is_retrieval(preset):
@@ -229,6 +231,7 @@ def _load(model: str, *, device: str, dtype: str, quantize: str | None, retrieva
         kwargs.update(quantization_config=quantization, device_map={"": str(dev)})
     config = _config(preset)
     _check_config(config, preset, generation=True)
+    _check_contents(preset, config, Blip2ForConditionalGeneration)
     with _loading(f"model {preset.name!r}", preset.source):
         processor = Blip2Processor.from_pretrained(preset.source)
         net = Blip2ForConditionalGeneration.from_pretrained(preset.source, config=config, **kwargs)
@@ -247,6 +250,7 @@ def _load(model: str, *, device: str, dtype: str, quantize: str | None, retrieva
     head = None
     if companion:
         head_preset = _resolve(companion)
+        _check_folder(head_preset)
         if not _is_retrieval(head_preset):
             raise ModelLoadError(f"retrieval model {companion!r}: not a retrieval checkpoint (Blip2ForImageTextRetrieval)")
         head = _load_retrieval(head_preset, dev, torch_dtype)
@@ -297,7 +301,8 @@ def _is_retrieval(preset: ModelPreset) -> bool:
 
 def _config(preset: ModelPreset) -> Blip2Config:
     """The checkpoint's config; a local ``config.json`` is read with :mod:`jsonfile` first (deep
-    nesting, huge numbers), and any config transformers refuses is one :class:`ModelLoadError`."""
+    nesting, huge numbers), one of another kind of model is refused before transformers would turn it
+    into a default BLIP-2, and any config transformers refuses is one :class:`ModelLoadError`."""
     local = Path(preset.source) / "config.json"
     if local.is_file():
         try:
@@ -306,8 +311,24 @@ def _config(preset: ModelPreset) -> Blip2Config:
             raise ModelLoadError(f"could not load model {preset.name!r}: {exc}") from None
         if not isinstance(raw, dict):
             raise ModelLoadError(f"could not load model {preset.name!r}: {local} is not a JSON object")
+    else:
+        with _loading(f"model {preset.name!r}", preset.source):
+            raw, _ = Blip2Config.get_config_dict(preset.source)
+    checkpoints.check_type(preset.name, preset.source, raw)
     with _loading(f"model {preset.name!r}", preset.source):
         return Blip2Config.from_pretrained(preset.source)
+
+
+def _check_folder(preset: ModelPreset) -> None:
+    """A local folder's file list, before anything is read (see :mod:`checkpoints`)."""
+    if Path(preset.source).is_dir():
+        checkpoints.check_folder(preset.name, Path(preset.source))
+
+
+def _check_contents(preset: ModelPreset, config: Blip2Config, model_class: type) -> None:
+    """A local folder's files and weights against ``config``, before the model is built (see :mod:`checkpoints`)."""
+    if Path(preset.source).is_dir():
+        checkpoints.check_contents(preset.name, Path(preset.source), config, model_class)
 
 
 def _check_config(config: Blip2Config, preset: ModelPreset, *, generation: bool) -> None:
@@ -373,6 +394,7 @@ class _Mismatches(logging.Filter):
 def _load_retrieval(preset: ModelPreset, device: torch.device, dtype: torch.dtype) -> RetrievalModel:
     config = _config(preset)
     _check_config(config, preset, generation=False)
+    _check_contents(preset, config, Blip2ForImageTextRetrieval)
     with _loading(f"retrieval model {preset.name!r}", preset.source):
         processor = Blip2Processor.from_pretrained(preset.source)
         net = Blip2ForImageTextRetrieval.from_pretrained(preset.source, config=config, dtype=dtype)
@@ -394,13 +416,22 @@ def _load_retrieval(preset: ModelPreset, device: torch.device, dtype: torch.dtyp
 
 
 def _check_cpu_4bit(model: Blip2ForConditionalGeneration, name: str) -> None:
-    """bitsandbytes' CPU 4-bit kernels pack weights in blocks of 64 input features; others crash in generate."""
-    widths = {m.in_features for m in model.language_model.modules() if isinstance(m, torch.nn.Linear)}
-    odd = sorted(w for w in widths if w % _CPU_4BIT_BLOCK)
-    if odd:
+    """bitsandbytes' CPU 4-bit kernels pack weights in blocks of 64 input and 32 output features; a
+    quantized layer of other widths crashes in generate. transformers quantizes the vision encoder,
+    the language projection and the language model (not the Q-Former, kept in full precision)."""
+    from bitsandbytes.nn import Linear4bit
+
+    odd: dict[str, set[int]] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, Linear4bit):
+            widths = {w for w, block in ((module.in_features, _CPU_4BIT_IN), (module.out_features, _CPU_4BIT_OUT)) if w % block}
+            odd.setdefault(path.split(".")[0], set()).update(widths)
+    parts = [f"its {part} has layers {', '.join(map(str, sorted(widths)))} wide" for part, widths in odd.items() if widths]
+    if parts:
         raise ModelLoadError(
-            f"model {name!r}: 4-bit on CPU needs layer widths that are multiples of {_CPU_4BIT_BLOCK} "
-            f"(bitsandbytes' block size); this language model has {', '.join(map(str, odd))}: use quantize='8bit'"
+            f"model {name!r}: 4-bit on CPU needs each quantized layer's input width to be a multiple of {_CPU_4BIT_IN} "
+            f"and its output width a multiple of {_CPU_4BIT_OUT} (bitsandbytes' CPU block sizes); {'; '.join(parts)}: "
+            "use quantize='8bit'"
         )
 
 

@@ -39,8 +39,29 @@ def test_8bit_quantization_runs_on_cpu(tiny_opt, fp32):
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes extra not installed")
 def test_4bit_on_cpu_refuses_layer_widths_its_kernels_cannot_pack(tiny_opt):
-    with pytest.raises(ModelLoadError, match="multiples of 64.*32"):
+    with pytest.raises(ModelLoadError, match="input width to be a multiple of 64 .*; its vision_model has layers 32 wide; "
+                                             "its language_projection has layers 32 wide; its language_model has layers 32"):
         Host.load(str(tiny_opt), device="cpu", quantize="4bit")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes extra not installed")
+def test_4bit_on_cpu_checks_the_vision_encoder_too(tmp_path):
+    """transformers quantizes the vision encoder as well: a width only it has is refused at load, not per item."""
+    from transformers import Blip2ForConditionalGeneration
+
+    from blip2plugins.building import ModelSpec, build
+
+    model, processor = build(["a red circle", "a blue square"] * 20, "opt", ModelSpec(hidden=64), seed=0)
+    config = model.config
+    config.vision_config.hidden_size = config.qformer_config.encoder_hidden_size = 48
+    config.vision_config.intermediate_size = 96
+    Blip2ForConditionalGeneration(config).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="its vision_model has layers 48, 96, 144 wide: use quantize='8bit'$") as caught:
+        Host.load(str(tmp_path), device="cpu", quantize="4bit", retrieval=False)
+    assert "language" not in str(caught.value)
+    with Host.load(str(tmp_path), device="cpu", quantize="8bit", retrieval=False) as host:
+        assert host.caption(IMAGE, max_new_tokens=4).ok
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes extra not installed")

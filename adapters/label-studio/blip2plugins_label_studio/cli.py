@@ -24,7 +24,7 @@ _SECRETS = f"Secrets come from the environment only: {ENV_API_KEY}, {ENV_AUTH_US
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps or auto.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="Weight dtype.")
-@click.option("--quantize", type=click.Choice(["8bit", "4bit"]), help="Quantize the language model (bitsandbytes).")
+@click.option("--quantize", type=click.Choice(["8bit", "4bit"]), help="Quantize the vision encoder and language model (bitsandbytes).")
 @click.option("--model-dir", envvar="MODEL_DIR", show_envvar=True, type=PathName(file_okay=False, path_type=Path),
               help=f"Folder for the label stores, training runs and image cache.  [default: {default_model_dir()}]")
 @click.option("--adapter-store", envvar="BLIP2_ADAPTER_STORE", show_envvar=True,
