@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.image_processing_backends import PilBackend
 from transformers.generation.streamers import BaseStreamer
 
 from . import models, plugins, retrieval
@@ -342,9 +343,9 @@ class Host:
         return [future.result() for future in futures]
 
     def preprocess(self, images: list[Image.Image], *, itc: bool = False) -> torch.Tensor:
-        """Resize (with Pillow, before anything else) and normalise RGB images into pixel values
-        for the language model's vision encoder, or (``itc=True``) the retrieval model's."""
-        return self._normalise([self._shrink(im, itc=itc) for im in images], itc=itc)
+        """Pixel values of RGB images for the language model's vision encoder, or (``itc=True``) the
+        retrieval model's: exactly the processor's, whichever backend transformers picked for it."""
+        return torch.stack([self._pixels(image, itc=itc) for image in images])
 
     def _processor(self, itc: bool) -> Any:
         return self._retrieval("embed").processor if itc else self.loaded.processor
@@ -357,23 +358,28 @@ class Host:
         """Load an image input (with ``fast_preprocess``, a JPEG decodes at a reduced scale)."""
         return load_image(image, draft=self._input_size(itc) if self.fast_preprocess else None)
 
+    def _pixels(self, image: Image.Image, *, itc: bool = False) -> torch.Tensor:
+        """One image's pixel values, from the processor after :meth:`_shrink`."""
+        shrunk = self._shrink(image, itc=itc)
+        return self._processor(itc).image_processor(shrunk, return_tensors="pt")["pixel_values"][0]
+
     def _shrink(self, image: Image.Image, *, itc: bool = False) -> Image.Image:
-        """Resize to the model's input size with the processor's own filter (so pixels are identical),
-        or, with ``fast_preprocess``, reducing by whole factors first (Pillow's ``reducing_gap``)."""
+        """Resize to the model's input size where Pillow gives the processor's own pixels: for a
+        processor of transformers' Pillow backend, with its filter (twice as fast as the processor,
+        which resizes through numpy). A processor of another backend (torchvision) resizes itself.
+        ``fast_preprocess`` reduces by whole factors first (Pillow's ``reducing_gap``), inexactly."""
         wanted = self._input_size(itc)
-        if image.size == wanted:
+        processor = self._processor(itc).image_processor
+        if image.size == wanted or not (self.fast_preprocess or isinstance(processor, PilBackend)):
             return image
-        return image.resize(wanted, Image.Resampling.BICUBIC, reducing_gap=_REDUCING_GAP if self.fast_preprocess else None)
+        resample = Image.Resampling(processor.resample if processor.resample is not None else Image.Resampling.BILINEAR)
+        return image.resize(wanted, resample, reducing_gap=_REDUCING_GAP if self.fast_preprocess else None)
 
     def _pixel_rows(self, images: Sequence[Any], *, itc: bool = False) -> list[torch.Tensor]:
-        """The pixel values of each image, loaded and resized on the loader threads; a bad image
-        raises its ``ImageError``."""
+        """The pixel values of each image, prepared on the loader threads; a bad image raises its ``ImageError``."""
         prepared = list(self._loader.map(partial(self._prepared, itc=itc), images))
         _raise_first_error(prepared)
-        return list(self._normalise(prepared, itc=itc)) if prepared else []
-
-    def _normalise(self, images: list[Image.Image], *, itc: bool = False) -> torch.Tensor:
-        return self._processor(itc).image_processor(images, return_tensors="pt")["pixel_values"]
+        return prepared
 
     # -- retrieval --------------------------------------------------------------------------------
 
@@ -467,13 +473,11 @@ class Host:
         for chunk, prepared, _ in self._prefetched(images, partial(self._prepared, itc=True)):
             if strict:
                 _raise_first_error(prepared)
-            good = [im for im in prepared if isinstance(im, Image.Image)]
-            rows = iter(self._normalise(good, itc=True) if good else [])
             queued: _Embeddings = []
             for image, outcome in zip(chunk, prepared):
                 embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(image))
-                if isinstance(outcome, Image.Image):
-                    queued.append((embedding, self._enqueue(_Encode(next(rows), itc=True))))
+                if isinstance(outcome, torch.Tensor):
+                    queued.append((embedding, self._enqueue(_Encode(outcome, itc=True))))
                 else:
                     embedding.error = str(outcome)
                     queued.append((embedding, None))
@@ -501,11 +505,11 @@ class Host:
             embedding.pooled = torch.nn.functional.normalize(queries.mean(dim=0), dim=-1)
         return [embedding for embedding, _ in queued]
 
-    def _prepared(self, image: Any, *, itc: bool = False) -> Image.Image | Blip2Error:
-        """One image loaded and resized for the language model's vision encoder (``itc``: the
-        retrieval model's), or the error that says why not."""
+    def _prepared(self, image: Any, *, itc: bool = False) -> torch.Tensor | Blip2Error:
+        """One image's pixel values for the language model's vision encoder (``itc``: the retrieval
+        model's), or the error that says why not."""
         try:
-            return self._shrink(self._load(image, itc=itc), itc=itc)
+            return self._pixels(self._load(image, itc=itc), itc=itc)
         except Blip2Error as exc:
             return exc
 
@@ -610,14 +614,9 @@ class Host:
             for chunk, prepared, seconds in self._prefetched(items, lambda item: self._prepare(*item, opts)):
                 if strict:
                     _raise_first_error(prepared)
-                good = [(index, im) for index, im in enumerate(prepared) if isinstance(im, Image.Image)]
-                began = time.perf_counter()
-                pixel_values = self._normalise([im for _, im in good]) if good else None
-                share = (time.perf_counter() - began) / max(len(good), 1)
-                requests = {index: _Generate(task, chunk[index][1], opts, pixel_values=pixel_values[row],
-                                             image=describe(chunk[index][0]),
-                                             timings={"preprocess_s": seconds[index] + share})
-                            for row, (index, _) in enumerate(good)}
+                requests = {index: _Generate(task, chunk[index][1], opts, pixel_values=outcome,
+                                             image=describe(chunk[index][0]), timings={"preprocess_s": seconds[index]})
+                            for index, outcome in enumerate(prepared) if isinstance(outcome, torch.Tensor)}
                 futures = [requests[index].future if index in requests
                            else _failed(self._failure(task, chunk[index][1], str(outcome), describe(chunk[index][0])))
                            for index, outcome in enumerate(prepared)]
@@ -667,8 +666,8 @@ class Host:
             self._preparing -= 1
         return False
 
-    def _prepare(self, image: Any, prompt: str, options: GenerationOptions) -> Image.Image | Blip2Error:
-        """One image loaded and resized, or the error that says why not (a bad prompt counts too)."""
+    def _prepare(self, image: Any, prompt: str, options: GenerationOptions) -> torch.Tensor | Blip2Error:
+        """One image's pixel values, or the error that says why not (a bad prompt counts too)."""
         try:
             self._check_prompt(prompt, options)
         except Blip2Error as exc:

@@ -7,6 +7,10 @@
 #                         tier's end-to-end tests), cached in $BLIP2_LS_VENV
 #                         (default ~/.cache/blip2plugins/label-studio-venv); reused while its version matches
 #   --label-studio-only   only that environment
+#   --with-torchvision    also make an environment where transformers' image processors use their torchvision
+#                         backend (torch 2.14.1 and torchvision 0.29.1, the pair pip finds on this kind of
+#                         machine), so the tests can check that the host's pixels equal the processor's with
+#                         either backend; cached in $BLIP2_TV_VENV (default ~/.cache/blip2plugins/torchvision-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,14 +19,20 @@ LABEL_STUDIO_VERSION=1.23.2
 # 'send_default_pii'"): the server does not start. The stamp names the constraint, so older caches are rebuilt.
 LABEL_STUDIO_EXTRAS="sentry-sdk<3"
 LS_VENV="${BLIP2_LS_VENV:-$HOME/.cache/blip2plugins/label-studio-venv}"
+TORCHVISION_SPEC="torch==2.14.1 torchvision==0.29.1"
+TV_VENV="${BLIP2_TV_VENV:-$HOME/.cache/blip2plugins/torchvision-venv}"
 project=1
 label_studio=0
-case "${1:-}" in
-  --with-label-studio) label_studio=1 ;;
-  --label-studio-only) label_studio=1; project=0 ;;
-  "") ;;
-  *) echo "usage: bash scripts/setup.sh [--with-label-studio | --label-studio-only]" >&2; exit 2 ;;
-esac
+torchvision=0
+usage="usage: bash scripts/setup.sh [--with-label-studio | --label-studio-only] [--with-torchvision]"
+for option in "$@"; do
+  case "$option" in
+    --with-label-studio) label_studio=1 ;;
+    --label-studio-only) label_studio=1; project=0 ;;
+    --with-torchvision) torchvision=1 ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+done
 
 pip_install() { "$1" -m pip install -q --disable-pip-version-check "${@:2}"; }
 
@@ -45,4 +55,18 @@ if [ "$label_studio" = 1 ]; then
     pip_install "$LS_VENV/bin/python" "label-studio==$LABEL_STUDIO_VERSION" "$LABEL_STUDIO_EXTRAS"
     touch "$stamp"
   fi
+fi
+
+if [ "$torchvision" = 1 ]; then
+  stamp="$TV_VENV/.blip2-${TORCHVISION_SPEC// /-}"
+  if [ ! -f "$stamp" ]; then
+    echo "setup: installing $TORCHVISION_SPEC into $TV_VENV (about a minute, once; 5.7 GB)" >&2
+    rm -rf "$TV_VENV"
+    mkdir -p "$(dirname "$TV_VENV")"
+    python3 -m venv "$TV_VENV"
+    # shellcheck disable=SC2086
+    pip_install "$TV_VENV/bin/python" $TORCHVISION_SPEC
+    touch "$stamp"
+  fi
+  pip_install "$TV_VENV/bin/python" -e . "pytest>=8" "pytest-timeout>=2.3"
 fi

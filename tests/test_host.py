@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
+from transformers.image_processing_backends import PilBackend
 
 from blip2plugins.errors import Blip2Error, ImageError, ModelLoadError, OptionError
 from blip2plugins.host import Host
@@ -384,6 +387,63 @@ def _photo(width: int = 800, height: int = 600) -> Image.Image:
     for i in range(12):
         draw.ellipse((40 * i, 30 * i, 40 * i + 150, 30 * i + 120), fill=COLOURS[i % len(COLOURS)])
     return image
+
+
+@pytest.mark.parametrize("resample", [Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS])
+def test_pixels_follow_the_processors_filter(tiny_opt, tmp_path, resample):
+    """The host resizes with Pillow only as the processor would: with the filter its config names."""
+    import json
+    import shutil
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(tiny_opt, folder)
+    config = json.loads((folder / "processor_config.json").read_text())
+    config["image_processor"]["resample"] = int(resample)
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    photo = _photo()
+    expected = Blip2Processor.from_pretrained(folder)(images=photo, return_tensors="pt")["pixel_values"][0]
+    with Host.load(str(folder), retrieval=False) as host:
+        assert torch.equal(host.preprocess([photo])[0], expected)
+        assert torch.equal(host._pixel_rows([photo])[0], expected)  # as batches prepare them, on the loader threads
+
+
+class _OwnResize:
+    """An image processor of another backend than transformers' Pillow one: it resizes in its own way
+    (a box filter) and normalises with the wrapped processor."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.size, self.resample = inner, inner.size, inner.resample
+
+    def __call__(self, images: Any, **options: Any) -> Any:
+        wanted = (self.size["width"], self.size["height"])
+        many = images if isinstance(images, list) else [images]
+        return self.inner([image.resize(wanted, Image.Resampling.BOX) for image in many], **options)
+
+
+def test_a_processor_of_another_backend_resizes_itself(tiny_opt) -> None:
+    """With torchvision installed transformers picks its torchvision backend, which resizes otherwise
+    than Pillow: the host then leaves resizing to the processor (here a stand-in backend)."""
+    photo = _photo()
+    with Host.load(str(tiny_opt), retrieval=False) as host:
+        own = _OwnResize(host.loaded.processor.image_processor)
+        host.loaded.processor.image_processor = own
+        expected = own(photo, return_tensors="pt")["pixel_values"][0]
+        assert torch.equal(host._pixel_rows([photo])[0], expected)
+        assert torch.equal(host.preprocess([photo])[0], expected)
+        assert not torch.equal(expected, own.inner(photo, return_tensors="pt")["pixel_values"][0])  # the filters differ
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision not installed")
+def test_pixels_equal_the_torchvision_backends(tiny_opt) -> None:
+    """Where torchvision is importable, transformers' processor resizes with it: the host's pixels are still its."""
+    processor = Blip2Processor.from_pretrained(tiny_opt)
+    assert not isinstance(processor.image_processor, PilBackend)
+    photo = _photo()
+    expected = processor(images=photo, return_tensors="pt")["pixel_values"][0]
+    with Host.load(str(tiny_opt), retrieval=False) as host:
+        assert type(host.loaded.processor.image_processor) is type(processor.image_processor)
+        assert torch.equal(host._pixel_rows([photo])[0], expected)
+        assert torch.equal(host.preprocess([photo])[0], expected)
 
 
 def test_pixels_equal_the_processors_unless_fast_preprocess_is_asked_for(tiny_opt, tmp_path):

@@ -41,8 +41,7 @@ def reference(tiny_retrieval: Path):
 
 def _library(reference, images, texts, itm: bool) -> torch.Tensor:
     model, processor = reference
-    resized = [im.resize((32, 32), Image.Resampling.BICUBIC) for im in images]
-    inputs = processor(images=resized, text=texts, return_tensors="pt", padding=True)
+    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         return model(**inputs, use_image_text_matching_head=itm).logits_per_image
 
