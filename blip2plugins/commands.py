@@ -110,6 +110,9 @@ model_options = _options(
     click.option("--fast-preprocess", is_flag=True,
                  help="Faster, inexact preparation of large images (JPEG draft decoding, box reduction before the "
                       "resize): pixels differ slightly from the processor's."),
+    click.option("--batch-invariant", is_flag=True,
+                 help="Run each image alone, so its result does not depend on the others in a batch (8/4-bit and "
+                      "half precision otherwise may); slower."),
 )
 generation_options = _options(
     click.option("--max-new-tokens", type=Whole(), help="Most tokens to generate."),
@@ -166,11 +169,11 @@ def _option_error(exc: OptionError) -> click.UsageError:
 
 
 def _load_host(model: str, adapter: str | None, device: str, dtype: str, quantize: str | None, *,
-               fast_preprocess: bool = False) -> Host:
+               fast_preprocess: bool = False, batch_invariant: bool = False) -> Host:
     from .host import Host  # torch and transformers load only for the commands that need them
 
     return Host.load(model, device=device, dtype=dtype, quantize=quantize, adapter=adapter,
-                     fast_preprocess=fast_preprocess)
+                     fast_preprocess=fast_preprocess, batch_invariant=batch_invariant)
 
 
 @contextmanager
@@ -284,7 +287,7 @@ def _host_command(function: Callable[..., bool]) -> Callable[..., None]:
     @generation_options
     @functools.wraps(function)
     def command(model: str | None, adapter: str | None, device: str, dtype: str, quantize: str | None,
-                fast_preprocess: bool, **params: Any) -> None:
+                fast_preprocess: bool, batch_invariant: bool, **params: Any) -> None:
         gen = _generation(params)
         if "images" in params:  # before the slow model load, like the options
             params["images"] = _Inputs.of(params["images"], params.pop("files_from"))
@@ -293,7 +296,8 @@ def _host_command(function: Callable[..., bool]) -> Callable[..., None]:
             click.echo("blip2: note: using the bundled demo model, which only knows synthetic shapes; pick another "
                        "with --model NAME or BLIP2_MODEL (`blip2 models` lists them)", err=True)
         _check_options(model, {**gen, "n": params.get("n", 1)})
-        host = _load_host(model, adapter, device, dtype, quantize, fast_preprocess=fast_preprocess)
+        host = _load_host(model, adapter, device, dtype, quantize, fast_preprocess=fast_preprocess,
+                          batch_invariant=batch_invariant)
         try:
             ok = function(host, gen, **params)
         finally:

@@ -143,10 +143,11 @@ class Host:
     """
 
     def __init__(self, loaded: models.LoadedModel, *, max_batch_size: int = 32, max_wait: float = 0.05,
-                 loader_threads: int | None = None, fast_preprocess: bool = False) -> None:
-        _check_settings(max_batch_size, max_wait, loader_threads)
+                 loader_threads: int | None = None, fast_preprocess: bool = False, batch_invariant: bool = False) -> None:
+        _check_settings(max_batch_size, max_wait, loader_threads, batch_invariant)
         self.loaded = loaded
         self.fast_preprocess = fast_preprocess
+        self.batch_invariant = batch_invariant
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -165,7 +166,8 @@ class Host:
     @classmethod
     def load(cls, model: str = "demo", *, device: str = "auto", dtype: str = "auto", quantize: str | None = None,
              adapter: str | None = None, retrieval: str | bool = True, max_batch_size: int = 32,
-             max_wait: float = 0.05, loader_threads: int | None = None, fast_preprocess: bool = False) -> Host:
+             max_wait: float = 0.05, loader_threads: int | None = None, fast_preprocess: bool = False,
+             batch_invariant: bool = False) -> Host:
         """Load a preset name, a checkpoint folder or a hub id, optionally with an adapter.
 
         ``adapter`` is an adapter folder, or ``NAME`` / ``NAME@VERSION`` in the default adapter store
@@ -181,13 +183,18 @@ class Host:
         scale and the resize reduces by whole factors (box filter) before the bicubic pass. Pixels then
         differ slightly from the processor's (a few grey levels), so results may differ from plain
         transformers'; by default the host's pixel values equal the processor's exactly.
+
+        ``batch_invariant=True`` runs every request in a batch of its own, so that its result never
+        depends on what else is queued. In float32 batching already gives the tokens of one-by-one
+        runs; 8-bit and 4-bit do not (bitsandbytes scales across the batch), nor, slightly, float16 and
+        bfloat16. It costs the batching speed-up (``benchmarks/batch_invariance.py`` measures both).
         """
-        _check_settings(max_batch_size, max_wait, loader_threads)  # before the model loads
+        _check_settings(max_batch_size, max_wait, loader_threads, batch_invariant)  # before the model loads
         loaded = models.load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)
         if adapter is not None:
             models.attach_adapter(loaded, _find_adapter(loaded, adapter))
         return cls(loaded, max_batch_size=max_batch_size, max_wait=max_wait, loader_threads=loader_threads,
-                   fast_preprocess=fast_preprocess)
+                   fast_preprocess=fast_preprocess, batch_invariant=batch_invariant)
 
     @property
     def name(self) -> str:
@@ -718,6 +725,7 @@ class Host:
     def _serve(self) -> None:
         pending: list[Any] = []
         stopping = False
+        limit = 1 if self.batch_invariant else self.max_batch_size
         while pending or not stopping:
             if not pending:
                 item = self._queue.get()
@@ -725,7 +733,7 @@ class Host:
                     return
                 pending.append(item)
             deadline = time.perf_counter() + self.max_wait
-            while not stopping and len(pending) < self.max_batch_size and not isinstance(pending[-1], _Swap):
+            while not stopping and len(pending) < limit and not isinstance(pending[-1], _Swap):
                 wait = deadline - time.perf_counter() if self._preparing else 0.0
                 try:
                     item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
@@ -742,7 +750,7 @@ class Host:
                 continue
             barrier = next((i for i, p in enumerate(pending) if isinstance(p, _Swap)), len(pending))
             key = pending[0].key()
-            batch = [p for p in pending[:barrier] if p.key() == key][: self.max_batch_size]
+            batch = [p for p in pending[:barrier] if p.key() == key][:limit]
             pending = [p for p in pending if p not in batch]
             self._run(batch)
 
@@ -1044,7 +1052,7 @@ MAX_BATCH_SIZE = 4096
 MAX_LOADER_THREADS = 1024
 
 
-def _check_settings(max_batch_size: Any, max_wait: Any, loader_threads: Any) -> None:
+def _check_settings(max_batch_size: Any, max_wait: Any, loader_threads: Any, batch_invariant: Any = False) -> None:
     """Refuse host settings of the wrong type or out of range with one :class:`OptionError` line."""
     for name, value, most in (("max_batch_size", max_batch_size, MAX_BATCH_SIZE),
                               ("loader_threads", loader_threads, MAX_LOADER_THREADS)):
@@ -1054,6 +1062,8 @@ def _check_settings(max_batch_size: Any, max_wait: Any, loader_threads: Any) -> 
             raise OptionError(f"{name} must be a whole number from 1 to {most}, got {shown(value)}")
     if not isinstance(max_wait, (int, float)) or isinstance(max_wait, bool) or not 0 <= max_wait <= 60:
         raise OptionError(f"max_wait must be a number of seconds from 0 to 60, got {shown(max_wait)}")
+    if not isinstance(batch_invariant, bool):
+        raise OptionError(f"batch_invariant must be True or False, got {shown(batch_invariant)}")
 
 
 def _iterable(images: Any, method: str) -> Iterable[Any]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from blip2plugins.errors import ModelLoadError
+from blip2plugins.errors import ModelLoadError, OptionError
 from blip2plugins.host import Host
 
 IMAGE = Image.new("RGB", (40, 40), "red")
@@ -149,3 +149,24 @@ def test_a_model_name_the_file_system_refuses_is_one_short_line() -> None:
     with pytest.raises(ModelLoadError, match="File name too long$") as caught:
         Host.load("x" * 5000, device="cpu")
     assert len(str(caught.value)) < 300
+
+
+def test_batch_invariant_results_do_not_depend_on_batch_mates(tiny_t5):
+    """In bfloat16 a row's scores move with the padding its batch-mates' longer prompts bring (3 to 9 of
+    16 here); batch_invariant runs each request alone, and its results equal one-by-one runs exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    words = "a red circle and a blue square on a gray background the dog runs".split()
+    items = [(Image.new("RGB", (40 + 3 * i, 40), (15 * i, 255 - 15 * i, 90)), " ".join(words[: 3 * i % 14]))
+             for i in range(16)]
+    with Host.load(str(tiny_t5), dtype="bfloat16", retrieval=False, batch_invariant=True) as host:
+        alone = [host.caption(image, prompt=prompt, max_new_tokens=8) for image, prompt in items]
+        with ThreadPoolExecutor(len(items)) as pool:  # concurrent callers: the host would batch them
+            together = list(pool.map(lambda item: host.caption(item[0], prompt=item[1], max_new_tokens=8), items))
+        assert host.stats()["largest_batch"] == 1
+    assert [(r.raw_text, r.score) for r in together] == [(r.raw_text, r.score) for r in alone]
+
+
+def test_batch_invariant_must_be_a_bool(tiny_opt):
+    with pytest.raises(OptionError, match="batch_invariant must be True or False, got 'yes'"):
+        Host.load(str(tiny_opt), batch_invariant="yes")
