@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval, Blip2Processor
 
-from . import artifacts, checkpoints, quiet
+from . import artifacts, checkpoints, memory, quiet
 from .errors import ModelLoadError, StoreError
 from .families import Family, family_of
 from .images import describe
@@ -232,6 +232,7 @@ def _load(model: str, *, device: str, dtype: str, quantize: str | None, retrieva
     config = _config(preset)
     _check_config(config, preset, generation=True)
     _check_contents(preset, config, Blip2ForConditionalGeneration)
+    memory.check_fits(preset.name, config, Blip2ForConditionalGeneration, dev, torch_dtype, quantize)
     with _loading(f"model {preset.name!r}", preset.source):
         processor = Blip2Processor.from_pretrained(preset.source)
         net = Blip2ForConditionalGeneration.from_pretrained(preset.source, config=config, **kwargs)
@@ -395,6 +396,7 @@ def _load_retrieval(preset: ModelPreset, device: torch.device, dtype: torch.dtyp
     config = _config(preset)
     _check_config(config, preset, generation=False)
     _check_contents(preset, config, Blip2ForImageTextRetrieval)
+    memory.check_fits(preset.name, config, Blip2ForImageTextRetrieval, device, dtype, None)
     with _loading(f"retrieval model {preset.name!r}", preset.source):
         processor = Blip2Processor.from_pretrained(preset.source)
         net = Blip2ForImageTextRetrieval.from_pretrained(preset.source, config=config, dtype=dtype)
