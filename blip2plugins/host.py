@@ -37,7 +37,7 @@ from transformers.image_processing_backends import PilBackend
 from transformers.generation.streamers import BaseStreamer
 
 from . import models, plugins, retrieval
-from .chat import Conversation, room_for_prompt
+from .chat import Conversation, fit_chat, room_for_prompt
 from .errors import Blip2Error, ModelLoadError, OptionError, PluginError, StoreError
 from .generation import GenerationOptions
 from .images import describe, load_image
@@ -233,6 +233,43 @@ class Host:
     def num_query_tokens(self) -> int:
         """Query tokens ``Q`` of the retrieval model (vectors per image embedding)."""
         return self._retrieval("embed").num_query_tokens
+
+    # -- prompts: what front-ends need to build and size their own ----------------------------
+
+    @property
+    def context_size(self) -> int:
+        """The most tokens the language model reads: image query tokens, prompt and, for a
+        decoder-only model, the tokens it generates."""
+        return self.loaded.max_positions
+
+    def require(self, task: str) -> None:
+        """Raise :class:`ModelLoadError`, naming the model and what it can do, unless it can do ``task``."""
+        self.loaded.require(task)
+
+    def render_question(self, question: str) -> str:
+        """The prompt that asks ``question`` in the model family's template (what :meth:`ask` sends)."""
+        self.loaded.require("ask")
+        require_text(question, "a question", empty=True)
+        return self.loaded.family.render_question(question)
+
+    def render_chat(self, turns: Sequence[tuple[str, str]], question: str, *, system: str | None = None,
+                    max_new_tokens: int | None = None, image: bool = True) -> tuple[str, int]:
+        """The chat prompt for ``question`` after past ``(question, answer)`` turns (what :meth:`chat`
+        sends), and how many of the oldest turns it leaves out to fit the context with the image's
+        query tokens (``image``) and ``max_new_tokens`` (default: the preset's). Raises
+        :class:`OptionError` when the question alone does not fit."""
+        self.loaded.require("chat")
+        budget = self.options().max_new_tokens if max_new_tokens is None else max_new_tokens
+        return fit_chat(self.loaded, turns, question, system=system, max_new_tokens=budget, image=image)
+
+    def count_tokens(self, text: str, *, image: bool = False, special: bool = True) -> int:
+        """How many tokens the language model reads for ``text`` (with its BOS/EOS when ``special``),
+        plus the image's query tokens when ``image``."""
+        return self.loaded.count_tokens(text, special=special) + (self.loaded.num_query_tokens if image else 0)
+
+    def token_ids(self, text: str, *, special: bool = False) -> list[int]:
+        """The token ids of ``text`` by the model's own tokenizer."""
+        return list(self.loaded.tokenize(text, add_special_tokens=special).input_ids)
 
     # -- public tasks -------------------------------------------------------------------------
 

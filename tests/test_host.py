@@ -468,3 +468,24 @@ def test_a_draft_decodes_a_jpeg_at_a_reduced_scale_that_covers_the_size(tmp_path
     assert load_image(str(tmp_path / "photo.jpg"), draft=(224, 224)).size == (400, 300)
     assert load_image(str(tmp_path / "photo.png"), draft=(64, 64)).size == (800, 600)  # PNG: no draft mode
     assert load_image(str(tmp_path / "photo.jpg")).size == (800, 600)
+
+
+def test_the_prompt_api_is_what_the_host_sends(tiny_opt) -> None:
+    """render_question / render_chat / count_tokens / context_size: what front-ends build prompts with."""
+    image = Image.new("RGB", (40, 40), "red")
+    with Host.load(str(tiny_opt), retrieval=False) as host:
+        assert host.context_size == host.loaded.model.config.text_config.max_position_embeddings
+        assert host.ask(image, "what color?", max_new_tokens=4).prompt == host.render_question("what color?")
+        chat = host.chat(image, max_new_tokens=4)
+        first = chat.ask("what color?")
+        second = chat.ask("how many?")
+        assert first.prompt == host.render_chat([], "what color?", max_new_tokens=4)[0]
+        assert (second.prompt, 0) == host.render_chat([("what color?", first.raw_text)], "how many?", max_new_tokens=4)
+        prompt = host.render_question("what color?")
+        tokens = host.token_ids(prompt, special=True)
+        assert host.count_tokens(prompt) == len(tokens)
+        assert host.count_tokens(prompt, image=True) == len(tokens) + host.loaded.num_query_tokens
+        with pytest.raises(OptionError, match="question too long"):
+            host.render_chat([], "word " * host.context_size, max_new_tokens=4)
+        with pytest.raises(ModelLoadError, match="cannot match"):
+            host.require("match")

@@ -19,7 +19,6 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from blip2plugins import jsonfile, models
-from blip2plugins.chat import fit_chat, render_chat
 from blip2plugins.errors import Blip2Error, OptionError
 from blip2plugins.generation import GenerationOptions
 from blip2plugins.host import Host
@@ -150,14 +149,14 @@ class ChatBlip2(HostSettings, BaseChatModel):
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` by the model's own tokenizer (no special tokens)."""
-        return list(self.get_host().loaded.tokenize(text, add_special_tokens=False).input_ids)
+        return self.get_host().token_ids(text)
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Input tokens these messages cost: the rendered prompt plus the image's query tokens."""
         host = self.get_host()
         dialogue = read_messages(messages, self.image_choice)
         task, prompt, _, _ = self._render(host, dialogue, self._options(host, None, {}))
-        return _input_tokens(host, prompt, dialogue.image is not None)
+        return host.count_tokens(prompt, image=dialogue.image is not None)
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -239,7 +238,7 @@ class ChatBlip2(HostSettings, BaseChatModel):
             self._warned_trim = True
             log.warning("ChatBlip2 left the %d oldest turn(s) out of the prompt to fit the model's %d-token context "
                         "(response_metadata['turns_dropped'] counts them on every reply; warned once per instance)",
-                        dropped, host.loaded.max_positions)
+                        dropped, host.context_size)
         features = None if dialogue.image is None else encode_image(host, dialogue.image)
         return _Request(host, task, features, prompt, options, dialogue.image, dropped)
 
@@ -260,21 +259,21 @@ class ChatBlip2(HostSettings, BaseChatModel):
     def _render(host: Host, dialogue: Dialogue, options: GenerationOptions) -> tuple[str, str, GenerationOptions, int]:
         """The task, the prompt, the options (``max_new_tokens`` capped to the room left in the context)
         and how many of the oldest turns the prompt left out."""
-        loaded, image = host.loaded, dialogue.image is not None
+        image = dialogue.image is not None
         if image and not dialogue.question:
             task, alone = "caption", ""
         else:
             task = "chat"
-            alone = render_chat(loaded, [], dialogue.question, system=dialogue.system, max_new_tokens=0, image=image)
-        room = loaded.max_positions - _input_tokens(host, alone, image)
+            alone = host.render_chat([], dialogue.question, system=dialogue.system, max_new_tokens=0, image=image)[0]
+        room = host.context_size - host.count_tokens(alone, image=image)
         if room < 1:
-            raise OptionError(f"the last message is too long for the model's {loaded.max_positions}-token context")
+            raise OptionError(f"the last message is too long for the model's {host.context_size}-token context")
         if options.max_new_tokens > room:
             options = options.updated(max_new_tokens=room, min_new_tokens=min(options.min_new_tokens, room))
         if task == "caption":
             return task, "", options, 0
-        prompt, dropped = fit_chat(loaded, dialogue.turns, dialogue.question, system=dialogue.system,
-                                   max_new_tokens=options.max_new_tokens, image=image)
+        prompt, dropped = host.render_chat(dialogue.turns, dialogue.question, system=dialogue.system,
+                                           max_new_tokens=options.max_new_tokens, image=image)
         return task, prompt, options, dropped
 
     def _chat_result(self, request: _Request, result: Result) -> ChatResult:
@@ -292,14 +291,9 @@ class ChatBlip2(HostSettings, BaseChatModel):
         return ChatGenerationChunk(message=message)
 
 
-def _input_tokens(host: Host, prompt: str, image: bool) -> int:
-    loaded = host.loaded
-    return loaded.count_tokens(prompt) + (loaded.num_query_tokens if image else 0)
-
-
 def _usage(request: _Request, result: Result) -> UsageMetadata:
-    inputs = _input_tokens(request.host, request.prompt, request.features is not None)
-    outputs = request.host.loaded.count_tokens(result.text or "", special=False)
+    inputs = request.host.count_tokens(request.prompt, image=request.features is not None)
+    outputs = request.host.count_tokens(result.text or "", special=False)
     return UsageMetadata(input_tokens=inputs, output_tokens=outputs, total_tokens=inputs + outputs)
 
 

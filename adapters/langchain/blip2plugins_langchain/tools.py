@@ -71,7 +71,7 @@ class Blip2Tool(HostSettings, BaseTool):
         """Run one request on ``image`` (encoded once per host) and shape it for the agent."""
         try:
             host = self.get_host()
-            host.loaded.require(task)
+            host.require(task)
             result = host.submit_features(task, encode_image(host, image), prompt, host.options()).result()
         except Blip2Error as exc:
             raise ToolException(str(exc)) from None
@@ -89,8 +89,7 @@ def artifact(result: Result) -> dict[str, Any]:
 def question_prompt(host: Host, question: str) -> str:
     if not question.strip():
         raise ToolException("the question is empty: ask something about the image")
-    host.loaded.require("ask")
-    return host.loaded.family.render_question(question)
+    return host.render_question(question)
 
 
 class CaptionImageTool(Blip2Tool):
@@ -152,7 +151,7 @@ class MatchImageTextTool(Blip2Tool):
             raise ToolException("there are no texts to match: give one or more short descriptions of the image")
         try:
             host = self.get_host()
-            host.loaded.require("match")
+            host.require("match")
             try:
                 picture = load_image(image.source)
             except ImageError as exc:
