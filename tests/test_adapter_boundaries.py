@@ -52,3 +52,36 @@ def test_the_check_finds_what_it_looks_for(tmp_path: Path) -> None:
         "line 2: imports blip2plugins.chat.fit_chat, which takes the host's LoadedModel",
         "line 4: reads a Host's private .loaded", "line 5: reads a Host's private .loaded"]
     assert SOURCES, "no adapter sources found"
+
+
+def _sibling_imports(source: Path) -> set[str]:
+    """The modules of the same package that ``source`` imports anywhere (in functions too), except
+    under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(source.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in typing_only:
+            found |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+    return found
+
+
+@pytest.mark.parametrize("package", sorted({source.parent for source in SOURCES}), ids=lambda p: p.name)
+def test_an_adapters_modules_import_each_other_one_way(package: Path) -> None:
+    graph = {source.stem: _sibling_imports(source) for source in package.glob("*.py")}
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str) -> None:
+        assert module not in visiting, f"import cycle: {' -> '.join(visiting[visiting.index(module):] + [module])}"
+        if module in done or module not in graph:
+            return
+        visiting.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)

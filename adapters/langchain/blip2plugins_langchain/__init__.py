@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .chat_models import ChatBlip2
-    from .tools import AskImageTool, Blip2Toolkit, CaptionImageTool, MatchImageTextTool, SearchImagesTool
+    from .toolkit import Blip2Toolkit
+    from .tools import AskImageTool, CaptionImageTool, MatchImageTextTool, SearchImagesTool
 
 __all__ = ["AskImageTool", "Blip2Toolkit", "CaptionImageTool", "ChatBlip2", "MatchImageTextTool", "SearchImagesTool"]
-_WHERE = {"ChatBlip2": "chat_models", **{name: "tools" for name in __all__ if name != "ChatBlip2"}}
+_WHERE = {"ChatBlip2": "chat_models", "Blip2Toolkit": "toolkit",
+          **{name: "tools" for name in __all__ if name not in ("ChatBlip2", "Blip2Toolkit")}}
 
 
 def __getattr__(name: str) -> Any:

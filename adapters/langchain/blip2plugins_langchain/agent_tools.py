@@ -7,7 +7,7 @@ argument, so the LLM calls ``caption_latest_image()``, ``ask_latest_image(questi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain.tools import ToolRuntime
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
@@ -15,15 +15,10 @@ from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from blip2plugins.errors import Blip2Error
 
 from ._host import ImageRef
-from .tools import (
-    CONVERSATION_TOOLS,
-    AskImageTool,
-    Blip2Toolkit,
-    CaptionImageTool,
-    MatchImageTextTool,
-    ToolSpec,
-    question_prompt,
-)
+from .tools import AskImageTool, CaptionImageTool, MatchImageTextTool, question_prompt
+
+if TYPE_CHECKING:
+    from .toolkit import Blip2Toolkit
 
 
 def latest_image(runtime: ToolRuntime) -> ImageRef:
@@ -77,8 +72,3 @@ def match_tool(kit: Blip2Toolkit) -> BaseTool:
 
     return StructuredTool.from_function(match_latest_image, response_format="content_and_artifact",
                                         handle_tool_error=True)
-
-
-CONVERSATION_TOOLS.update(caption_latest_image=ToolSpec(caption_tool, "caption"),
-                          ask_latest_image=ToolSpec(ask_tool, "ask"),
-                          match_latest_image=ToolSpec(match_tool, "match"))

@@ -16,7 +16,7 @@ def langchain_tools(conversation: bool, as_json: bool) -> None:
     """List the BLIP-2 tools for LangChain agents with the argument schema an LLM sees (loads no model)."""
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
-    from .tools import Blip2Toolkit
+    from .toolkit import Blip2Toolkit
 
     kit = Blip2Toolkit(image_from="conversation" if conversation else "argument")
     for tool in kit.get_tools():

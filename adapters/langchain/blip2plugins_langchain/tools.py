@@ -9,7 +9,7 @@ the ``ToolMessage.artifact`` keeps scores and the model version. The ``*_latest_
 (:mod:`.agent_tools`) take no image argument: they read the latest image attached earlier in the
 agent's conversation. Bad input comes back as a tool error the agent can read.
 
-:class:`Blip2Toolkit` builds the set from :data:`TOOLS`.
+:class:`~.toolkit.Blip2Toolkit` builds the set (:data:`.toolkit.TOOLS`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 from langchain_core.callbacks import CallbackManagerForToolRun
-from langchain_core.tools import BaseTool, BaseToolkit, ToolException
+from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
 from blip2plugins.errors import Blip2Error, ImageError
@@ -242,78 +241,3 @@ def _index_file(path: str | os.PathLike[str]) -> _IndexFile:
     key = os.path.abspath(path)
     with _index_files_lock:
         return _index_files.setdefault(key, _IndexFile(key))
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """How :class:`Blip2Toolkit` builds a tool: ``build`` from the toolkit's settings, the host ``task``
-    it needs (a loaded host that cannot do it leaves the tool out) and whether it ``needs_index``."""
-
-    build: Callable[[Blip2Toolkit], BaseTool]
-    task: str
-    needs_index: bool = False
-
-
-#: Tool name -> how to build it, for tools that take the image as an argument.
-TOOLS: dict[str, ToolSpec] = {
-    "caption_image": ToolSpec(lambda kit: CaptionImageTool(**kit.host_settings()), "caption"),
-    "ask_image": ToolSpec(lambda kit: AskImageTool(**kit.host_settings()), "ask"),
-    "match_image_text": ToolSpec(lambda kit: MatchImageTextTool(**kit.host_settings()), "match"),
-    "search_images": ToolSpec(
-        lambda kit: SearchImagesTool(**kit.host_settings(), index=kit.index, rerank=kit.rerank), "embed",
-        needs_index=True),
-}
-#: The tools reading the latest image of the agent's conversation (registered by :mod:`.agent_tools`).
-CONVERSATION_TOOLS: dict[str, ToolSpec] = {}
-
-
-class Blip2Toolkit(HostSettings, BaseToolkit):
-    """The BLIP-2 tools on one shared model.
-
-    ``image_from="argument"`` gives tools that take the image as an argument; ``"conversation"``
-    gives tools that read the latest image attached earlier in the agent's conversation (they need
-    ``langchain``'s agents, which inject the conversation). ``tools`` picks a subset by name.
-
-    ``search_images`` is in the default set only when ``index`` names an image index file. Building
-    the tools loads no model: with ``host=`` (a loaded host) the default set leaves out the tools that
-    host cannot do; with a model name every tool is in it, and one the model cannot do (e.g.
-    ``match_image_text`` on a model without a retrieval model) answers with a tool error saying so.
-    """
-
-    image_from: Literal["argument", "conversation"] = "argument"
-    tools: tuple[str, ...] | None = None
-    index: Path | None = None
-    """An image index file for ``search_images`` (``blip2 index build IMAGES --out FILE``)."""
-    rerank: bool = False
-    """``search_images`` re-scores its hits with the ITM head."""
-
-    def host_settings(self) -> dict[str, Any]:
-        return {"model": self.model_name, "adapter": self.adapter, "device": self.device, "dtype": self.dtype,
-                "quantize": self.quantize, "host": self.host}
-
-    def get_tools(self) -> list[BaseTool]:
-        """The tools, built now (the model itself loads on first use)."""
-        if self.image_from == "conversation":
-            from . import agent_tools  # noqa: F401  (registers CONVERSATION_TOOLS; needs langchain)
-
-            specs = CONVERSATION_TOOLS
-        else:
-            specs = TOOLS
-        if not self.tools:
-            return [spec.build(self) for spec in specs.values() if self._unavailable(spec) is None]
-        unknown = [name for name in self.tools if name not in specs]
-        if unknown:
-            raise Blip2Error(f"unknown tool(s) {', '.join(unknown)}; available: {', '.join(specs)}")
-        for name in self.tools:
-            reason = self._unavailable(specs[name])
-            if reason:
-                raise Blip2Error(f"tool {name}: {reason}")
-        return [specs[name].build(self) for name in self.tools]
-
-    def _unavailable(self, spec: ToolSpec) -> str | None:
-        """Why this toolkit cannot offer the tool, or ``None`` (loads no model)."""
-        if spec.needs_index and self.index is None:
-            return "needs an image index: give the toolkit index='FILE' (build one with `blip2 index build`)"
-        if self.host is not None and spec.task not in self.host.tasks:
-            return f"model {self.host.name!r} cannot {spec.task} (it does {', '.join(self.host.tasks)})"
-        return None
