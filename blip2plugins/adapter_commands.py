@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .commands import PathName, _options, _table, one_line_errors
+from .cli_options import PathName, one_line_errors, options, table
 from .errors import ModelLoadError, StoreError
 from .hookspecs import hookimpl
 from .presets import resolve
@@ -23,7 +23,7 @@ store_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-adapter_options = _options(
+adapter_options = options(
     click.option("--name", required=True, metavar="NAME", help="The adapter's name."),
     click.option("--model", required=True, metavar="NAME", help="The base model it applies to."),
     store_option, json_option,
@@ -85,7 +85,7 @@ def list_command(store: Path | None, model: str | None, name: str | None, as_jso
     elif not rows:
         click.echo(f"blip2: no adapters in {adapter_store.root}", err=True)
     else:
-        _table(["", "MODEL", "NAME", "VERSION", "METHOD", "STATUS", "CREATED", "METRICS"], [
+        table(["", "MODEL", "NAME", "VERSION", "METHOD", "STATUS", "CREATED", "METRICS"], [
             [("*" if current else "") + ("!" if problems[v.base_model] else ""), v.base_model, v.name, v.version,
              v.method, v.status, v.created, _metrics(v)]
             for v, current in rows

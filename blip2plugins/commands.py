@@ -10,13 +10,14 @@ import os
 import re
 import sys
 from collections import deque
-from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 from tqdm import tqdm
 
-from . import scaffold
+from . import cli_options, scaffold
+from .cli_options import (DEMO_MODEL, GENERATION_FLAGS, PROGRESS_THRESHOLD, Whole, generation_options, model_options, one_line,
+                          table)
 from .errors import Blip2Error, ImageError, OptionError
 from .generation import GenerationOptions
 from .hookspecs import hookimpl
@@ -27,21 +28,6 @@ from .types import Result
 if TYPE_CHECKING:
     from .host import Host
 
-DEMO_MODEL = "demo"
-PROGRESS_THRESHOLD = 8
-#: Generation option of the host -> its command-line flag.
-GENERATION_FLAGS = {
-    "max_new_tokens": "--max-new-tokens",
-    "min_new_tokens": "--min-new-tokens",
-    "num_beams": "--beams",
-    "do_sample": "--sample",
-    "temperature": "--temperature",
-    "top_p": "--top-p",
-    "top_k": "--top-k",
-    "repetition_penalty": "--repetition-penalty",
-    "no_repeat_ngram_size": "--no-repeat-ngram-size",
-    "seed": "--seed",
-}
 _FLAGS = {**GENERATION_FLAGS, "n": "--num-captions"}
 _OUTPUT_HELP = """
 
@@ -57,82 +43,12 @@ the others are still processed, and the exit status is 1.
 """
 
 
-class _Brief(click.ParamType):
-    """A number option whose error echoes at most the start of a very long wrong value."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and len(value) > 40:
-            self.fail(f"{value[:20]!r}... ({len(value):,} characters) is not a number this option takes", param, ctx)
-        return super().convert(value, param, ctx)
-
-
-class Whole(_Brief, click.types.IntParamType):
-    """``int`` that never echoes thousands of digits back."""
-
-
-class WholeRange(_Brief, click.IntRange):
-    """``click.IntRange`` that never echoes thousands of digits back."""
-
-
-class Real(_Brief, click.types.FloatParamType):
-    """``float`` that never echoes thousands of characters back."""
-
-
-class RealRange(_Brief, click.FloatRange):
-    """``click.FloatRange`` that never echoes thousands of characters back."""
-
-
-class PathName(click.Path):
-    """``click.Path`` that refuses an empty name (it would mean the current folder) and a NUL byte."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and (not value or "\0" in value):
-            self.fail("an empty path" if not value else "a path with a NUL byte", param, ctx)
-        return super().convert(value, param, ctx)
-
-
-def _options(*decorators: Callable[[Callable[..., Any]], Any]) -> Callable[[Callable[..., Any]], Any]:
-    def apply(function: Callable[..., Any]) -> Any:
-        for decorator in reversed(decorators):
-            function = decorator(function)
-        return function
-    return apply
-
-
-model_options = _options(
-    click.option("--model", envvar="BLIP2_MODEL", show_envvar=True, metavar="NAME|PATH",
-                 help="Model preset (see `blip2 models`), checkpoint folder or hub id.  [default: demo]"),
-    click.option("--adapter", metavar="NAME|PATH", help="Fine-tuned adapter to apply to the model."),
-    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps or auto."),
-    click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
-                 show_default=True, help="Weight dtype."),
-    click.option("--quantize", type=click.Choice(["8bit", "4bit"]), help="Quantize the vision encoder and language model (bitsandbytes)."),
-    click.option("--fast-preprocess", is_flag=True,
-                 help="Faster, inexact preparation of large images (JPEG draft decoding, box reduction before the "
-                      "resize): pixels differ slightly from the processor's."),
-    click.option("--batch-invariant", is_flag=True,
-                 help="Run each image alone, so its result does not depend on the others in a batch (8/4-bit and "
-                      "half precision otherwise may); slower."),
-)
-generation_options = _options(
-    click.option("--max-new-tokens", type=Whole(), help="Most tokens to generate."),
-    click.option("--min-new-tokens", type=Whole(), help="Fewest tokens to generate."),
-    click.option("--beams", "num_beams", type=Whole(), help="Beam-search width."),
-    click.option("--sample/--no-sample", "do_sample", default=None, help="Sample instead of searching."),
-    click.option("--temperature", type=Real(), help="Sampling temperature (default: the checkpoint's generation config)."),
-    click.option("--top-p", type=Real(), help="Nucleus-sampling probability mass (default: the checkpoint's)."),
-    click.option("--top-k", type=Whole(), help="Sample among the k likeliest tokens; 0: all (default: the checkpoint's, "
-                 "transformers' 50 when it sets none)."),
-    click.option("--repetition-penalty", type=Real(), help="Penalty for repeated tokens (1 = none)."),
-    click.option("--no-repeat-ngram-size", type=Whole(), help="Never repeat an n-gram of this size."),
-    click.option("--seed", type=Whole(), help="Random seed, for reproducible sampling."),
-)
-input_options = _options(
+input_options = cli_options.options(
     click.argument("images", nargs=-1, metavar="[IMAGE]..."),
     click.option("--files-from", type=click.File("rb"), metavar="FILE",
                  help="Read more IMAGEs from FILE, one per line ('-': standard input)."),
 )
-output_options = _options(
+output_options = cli_options.options(
     click.option("--json", "as_json", is_flag=True, help="Print JSON lines."),
     click.option("--progress/--no-progress", default=None,
                  help=f"Progress bar on stderr.  [default: when more than {PROGRESS_THRESHOLD} images and stderr "
@@ -166,28 +82,6 @@ def _option_error(exc: OptionError) -> click.UsageError:
         return click.UsageError(message)
     flag = mentioned[0][1]
     return click.BadParameter(message.replace(f"{flag} must ", "must ", 1), param_hint=f"'{flag}'")
-
-
-def _load_host(model: str, adapter: str | None, device: str, dtype: str, quantize: str | None, *,
-               fast_preprocess: bool = False, batch_invariant: bool = False) -> Host:
-    from .host import Host  # torch and transformers load only for the commands that need them
-
-    return Host.load(model, device=device, dtype=dtype, quantize=quantize, adapter=adapter,
-                     fast_preprocess=fast_preprocess, batch_invariant=batch_invariant)
-
-
-@contextmanager
-def one_line_errors(*kinds: type[BaseException]) -> Iterator[None]:
-    """Errors of ``kinds`` as one ``blip2: reason`` line on stderr and exit status 1 (no traceback)."""
-    try:
-        yield
-    except kinds as exc:
-        click.echo(f"blip2: {exc}", err=True)
-        sys.exit(1)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 @dataclasses.dataclass
@@ -268,8 +162,8 @@ def _texts(result: Result) -> list[str]:
 
 def _plain(inputs: _Inputs) -> Callable[[str, Result], list[str]]:
     if inputs.single:
-        return lambda image, result: [_one_line(text) for text in _texts(result)]
-    return lambda image, result: [f"{printable(image)}\t{_one_line(text)}" for text in _texts(result)]
+        return lambda image, result: [one_line(text) for text in _texts(result)]
+    return lambda image, result: [f"{printable(image)}\t{one_line(text)}" for text in _texts(result)]
 
 
 def _record(image: str, result: Result, **fields: Any) -> str:
@@ -296,7 +190,7 @@ def _host_command(function: Callable[..., bool]) -> Callable[..., None]:
             click.echo("blip2: note: using the bundled demo model, which only knows synthetic shapes; pick another "
                        "with --model NAME or BLIP2_MODEL (`blip2 models` lists them)", err=True)
         _check_options(model, {**gen, "n": params.get("n", 1)})
-        host = _load_host(model, adapter, device, dtype, quantize, fast_preprocess=fast_preprocess,
+        host = cli_options.load_host(model, adapter, device, dtype, quantize, fast_preprocess=fast_preprocess,
                           batch_invariant=batch_invariant)
         try:
             ok = function(host, gen, **params)
@@ -376,7 +270,7 @@ def chat(host: Host, gen: dict[str, Any], image: str, as_json: bool) -> bool:
         if as_json:
             click.echo(_record(image, result, question=question, answer=result.text))
         else:
-            click.echo(_one_line(result.text or ""))
+            click.echo(one_line(result.text or ""))
 
 
 def _read_line(stream: IO[str]) -> str:
@@ -402,7 +296,7 @@ def models(as_json: bool) -> None:
             for p in presets
         ], indent=2))
         return
-    _table(["NAME", "FAMILY", "TASKS", "SOURCE", "DESCRIPTION"], [
+    table(["NAME", "FAMILY", "TASKS", "SOURCE", "DESCRIPTION"], [
         [p.name, p.family or ("-" if p.kind == "retrieval" else "auto"), ",".join(p.tasks), p.source,
          p.description + (f" (aliases: {', '.join(p.aliases)})" if p.aliases else "")]
         for p in presets
@@ -422,7 +316,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(info) for info in infos], indent=2))
     else:
-        _table(["NAME", "VERSION", "KIND", "HOOKS"], [
+        table(["NAME", "VERSION", "KIND", "HOOKS"], [
             [i.name, i.version or "-", "builtin" if i.builtin else "external",
              ", ".join(i.hooks) if i.status == "loaded" else f"{i.status.upper()}: {i.reason}"] for i in infos
         ])
@@ -431,12 +325,6 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 
 
 plugins.add_command(scaffold.new)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header) - 1)]
-    for row in [header, *rows]:
-        click.echo("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]))
 
 
 @hookimpl

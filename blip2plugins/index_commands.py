@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from .commands import DEMO_MODEL, PROGRESS_THRESHOLD, PathName, _load_host, _one_line, _options, one_line_errors
+from . import cli_options
+from .cli_options import DEMO_MODEL, PROGRESS_THRESHOLD, PathName, one_line, one_line_errors, options
 from .errors import Blip2Error
 from .hookspecs import hookimpl
 from .images import describe, printable
@@ -41,12 +42,12 @@ class _Count(click.IntRange):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-device_options = _options(
+device_options = options(
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps or auto."),
     click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
                  show_default=True, help="Weight dtype."),
 )
-embed_options = _options(
+embed_options = options(
     click.option("--batch-size", type=_Count(), help="Images per chunk.  [default: the host's batch size]"),
     click.option("--progress/--no-progress", default=None,
                  help=f"Progress bar on stderr.  [default: when more than {PROGRESS_THRESHOLD} images and stderr "
@@ -70,7 +71,7 @@ def _index() -> ModuleType:
 def _host(model: str, device: str, dtype: str) -> Host:
     """A host for ``model``'s retrieval model: a generation preset's companion loads alone."""
     preset = resolve(model)
-    return _load_host(preset.retrieval if preset.kind == "generation" and preset.retrieval else model,
+    return cli_options.load_host(preset.retrieval if preset.kind == "generation" and preset.retrieval else model,
                       None, device, dtype, None)
 
 
@@ -309,7 +310,7 @@ def match(image: str, texts: tuple[str, ...], model: str | None, device: str, dt
                                        "itc": score, "model": host.retrieval_name,
                                        "model_version": host.retrieval_version}, ensure_ascii=False))
             else:
-                click.echo(f"{probability:.4f}\t{score:.4f}\t{_one_line(text)}")
+                click.echo(f"{probability:.4f}\t{score:.4f}\t{one_line(text)}")
         return True
 
     with one_line_errors(Blip2Error, OSError):

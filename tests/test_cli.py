@@ -337,7 +337,7 @@ def test_main_in_process_reports_an_os_error_without_a_stdout_descriptor(images:
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/full/disk")
 
-    monkeypatch.setattr("blip2plugins.commands._load_host", full)
+    monkeypatch.setattr("blip2plugins.cli_options.load_host", full)
     monkeypatch.setattr(sys, "stdout", io.StringIO())  # as under a test runner: no file descriptor
     with pytest.raises(SystemExit) as exit_:
         main(["caption", images["red"], "--model", "demo"])

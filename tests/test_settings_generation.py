@@ -64,7 +64,7 @@ def test_the_edges_of_the_ranges_generate_texts() -> None:
     (["-n", "9" * 5000], "--num-captions"),
 ])
 def test_the_command_refuses_them_before_loading_the_model(tmp_path, monkeypatch, args, flag) -> None:
-    monkeypatch.setattr("blip2plugins.commands._load_host", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr("blip2plugins.cli_options.load_host", lambda *a, **k: pytest.fail("loaded the model"))
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     result = CliRunner().invoke(build_cli(), ["caption", "--model", "demo", str(tmp_path / "a.png"), *args])
     assert result.exit_code == 2 and f"'{flag}'" in result.output and "Invalid value for" in result.output, result.output

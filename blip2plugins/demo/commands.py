@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..commands import PathName
+from ..cli_options import PathName
 from ..hookspecs import hookimpl
 from . import MODEL_DIR
 

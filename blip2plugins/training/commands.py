@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..commands import PathName, Real, RealRange, WholeRange
+from ..cli_options import PathName, Real, RealRange, WholeRange
 from ..hookspecs import hookimpl
 from .checks import MAX_SEED
 

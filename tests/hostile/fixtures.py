@@ -109,18 +109,17 @@ class _Shared:
 def share_hosts(monkeypatch) -> None:
     """Make the CLI's host loading hand out the session's demo hosts (for ``--model demo`` / the
     retrieval companion on CPU without an adapter) instead of loading the model again for every case."""
-    from blip2plugins import commands, index_commands
+    from blip2plugins import cli_options
 
-    real = commands._load_host
+    real = cli_options.load_host
 
     def load(model, adapter, device, dtype, quantize, **kwargs):
         if adapter is None and quantize is None and device in ("auto", "cpu") and dtype in ("auto", "float32") \
-                and not kwargs.get("fast_preprocess"):
+                and not kwargs.get("fast_preprocess") and not kwargs.get("batch_invariant"):
             if model == "demo":
                 return _Shared(host())
             if model == "demo-retrieval":
                 return _Shared(retrieval_host())
         return real(model, adapter, device, dtype, quantize, **kwargs)
 
-    monkeypatch.setattr(commands, "_load_host", load)
-    monkeypatch.setattr(index_commands, "_load_host", load)
+    monkeypatch.setattr(cli_options, "load_host", load)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import click
-from blip2plugins.commands import PathName
+from blip2plugins.cli_options import PathName, host_options, model_option, precision_options
 from blip2plugins.types import ImageLimits
 
 from .settings import (ENV_API_KEY, ENV_AUTH_PASS, ENV_AUTH_USER, ENV_SETTINGS, ENV_URL, Settings, default_model_dir,
@@ -19,12 +19,8 @@ _SECRETS = f"Secrets come from the environment only: {ENV_API_KEY}, {ENV_AUTH_US
 @click.command("label-studio", epilog=_SECRETS)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=9090, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
-@click.option("--model", envvar="BLIP2_MODEL", show_envvar=True, default="demo", show_default=True,
-              metavar="NAME|PATH", help="Model preset, checkpoint folder or hub id.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps or auto.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
-              show_default=True, help="Weight dtype.")
-@click.option("--quantize", type=click.Choice(["8bit", "4bit"]), help="Quantize the vision encoder and language model (bitsandbytes).")
+@model_option(default="demo")
+@precision_options
 @click.option("--model-dir", envvar="MODEL_DIR", show_envvar=True, type=PathName(file_okay=False, path_type=Path),
               help=f"Folder for the label stores, training runs and image cache.  [default: {default_model_dir()}]")
 @click.option("--adapter-store", envvar="BLIP2_ADAPTER_STORE", show_envvar=True,
@@ -46,8 +42,7 @@ _SECRETS = f"Secrets come from the environment only: {ENV_API_KEY}, {ENV_AUTH_US
 @click.option("--train-threads", default=1, show_default=True, type=click.IntRange(1),
               help="Torch threads of a training run (it also runs at a lower priority than serving).")
 @click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(1), help="Host batch size.")
-@click.option("--fast-preprocess", is_flag=True,
-              help="Faster, inexact preparation of large images (JPEG draft decoding, box reduction before the resize).")
+@host_options
 @click.option("--max-new-tokens", type=click.IntRange(1), help="Longest caption or answer, in tokens.")
 @click.option("--max-body-mb", default=32, show_default=True, type=click.IntRange(1), help="Largest request body.")
 @click.option("--predict-wait", default=90.0, show_default=True, type=click.FloatRange(0),

@@ -88,7 +88,8 @@ class Serving:
             s = self.settings
             with _LOAD_LOCK:
                 host = Host.load(s.model, device=s.device, dtype=s.dtype, quantize=s.quantize,
-                                 max_batch_size=s.max_batch_size, fast_preprocess=s.fast_preprocess)
+                                 max_batch_size=s.max_batch_size, fast_preprocess=s.fast_preprocess,
+                                 batch_invariant=s.batch_invariant)
         except Exception as exc:  # reported by /health; the process keeps answering
             log.error("the model %r failed to load: %s", self.settings.model, exc)
             self.loaded.set_exception(exc if isinstance(exc, Blip2Error) else Blip2Error(f"model load failed: {exc}"))

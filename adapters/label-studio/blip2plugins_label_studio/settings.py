@@ -72,6 +72,7 @@ class Settings:
     train_nice: int = 10
     max_batch_size: int = 32
     fast_preprocess: bool = False
+    batch_invariant: bool = False  # each request runs alone: results independent of batch-mates
     max_body_bytes: int = 32 * 1024 * 1024
     max_new_tokens: int | None = None
     predict_wait: float = 90.0

@@ -121,9 +121,15 @@ class Trainer:
                 if self._closed:
                     return
                 request = self._pending.pop(next(iter(self._pending)))
+                started = time.time()
+                run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+                # with _running, at once: /versions never shows a project training without its run
                 self._running = request.project
+                self._run_now = {"id": run_id, "project": request.project, "trigger": request.reason,
+                                 "pull": request.pull, "queued_at": _iso(request.queued), "started_at": _iso(started),
+                                 "status": "running"}
             try:
-                run = self._run(request)
+                run = self._run(request, run_id, started)
             except Exception as exc:  # never let the worker die
                 failure(log, "project %s: the training run could not be started", request.project)
                 run = {"status": "failed", "reason": f"could not start the run: {exc}"}
@@ -139,17 +145,12 @@ class Trainer:
                 except Exception:
                     failure(log, "project %s: handling the finished run failed", request.project)
 
-    def _run(self, request: _Request) -> dict[str, Any]:
+    def _run(self, request: _Request, run_id: str, started: float) -> dict[str, Any]:
         folder = self.settings.projects_dir / request.project / "runs"
         folder.mkdir(parents=True, exist_ok=True)
-        run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         result_path = folder / f".{run_id}.result.json"
         spec = {"settings": dataclasses.asdict(self.settings), "project": request.project, "pull": request.pull,
                 "label_config": request.label_config, "result": str(result_path)}
-        started = time.time()
-        with self._cond:
-            self._run_now = {"id": run_id, "project": request.project, "trigger": request.reason, "pull": request.pull,
-                             "queued_at": _iso(request.queued), "started_at": _iso(started), "status": "running"}
         log.info("project %s: training run %s started", request.project, run_id)
         process = subprocess.Popen(self.command, stdin=subprocess.PIPE,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())

@@ -106,7 +106,7 @@ def test_unknown_routes_and_methods(make_backend) -> None:
 
 
 def test_secrets_in_payloads_never_reach_the_log(make_backend, caplog, monkeypatch) -> None:
-    monkeypatch.setattr(Trainer, "_run", lambda self, request: {"status": "failed", "reason": "not run here"})
+    monkeypatch.setattr(Trainer, "_run", lambda self, request, *run: {"status": "failed", "reason": "not run here"})
     client, fake = make_backend()
     with caplog.at_level(logging.DEBUG):
         client.post("/setup", json=setup_body())
@@ -138,7 +138,7 @@ def test_basic_auth_guards_every_route(make_backend, monkeypatch) -> None:
 def test_start_training_and_every_n_labels_queue_runs_that_coalesce(make_backend, monkeypatch) -> None:
     started, release, done = threading.Event(), threading.Event(), []
 
-    def fake_run(self, request):
+    def fake_run(self, request, *run):
         started.set()
         release.wait(30)
         done.append((request.project, request.pull, request.reason))
