@@ -21,7 +21,7 @@ import httpx2
 
 from .errors import ImageError
 from .hookspecs import hookimpl
-from .images import _short, describe, read_path
+from .images import short_reason, describe, read_path
 from .types import ImageLimits, ImageSource
 
 __all__ = ["SOURCES", "register_image_sources"]
@@ -93,9 +93,9 @@ def load_http(url: str, limits: ImageLimits) -> bytes:
     except httpx2.TooManyRedirects as exc:
         raise ImageError(description, "too many redirects") from exc
     except httpx2.InvalidURL as exc:
-        raise ImageError(description, f"invalid URL: {_short(exc)}") from exc
+        raise ImageError(description, f"invalid URL: {short_reason(exc)}") from exc
     except httpx2.HTTPError as exc:
-        raise ImageError(description, f"unreachable: {_short(exc)}") from exc
+        raise ImageError(description, f"unreachable: {short_reason(exc)}") from exc
 
 
 def load_file_url(url: str, limits: ImageLimits) -> bytes:

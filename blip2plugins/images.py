@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 from .types import ImageLimits, ImageSource
 
-__all__ = ["ImageInput", "describe", "load_image", "printable", "read_limited", "read_path"]
+__all__ = ["ImageInput", "describe", "load_image", "printable", "read_limited", "read_path", "short_reason"]
 
 #: Anything :func:`load_image` accepts.
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], Image.Image]
@@ -156,7 +156,7 @@ def read_limited(stream: IO[bytes], max_bytes: int, source: str) -> bytes:
         except TimeoutError as exc:
             raise ImageError(source, "timed out") from exc
         except Exception as exc:
-            raise ImageError(source, f"read failed: {_short(exc)}") from exc
+            raise ImageError(source, f"read failed: {short_reason(exc)}") from exc
         if isinstance(chunk, str):
             raise ImageError(source, "not a binary file (opened in text mode)")
         if not chunk:
@@ -193,7 +193,7 @@ def read_path(path: str | os.PathLike[str], max_bytes: int, source: str) -> byte
         reason = "is a directory" if os.path.isdir(path) else "permission denied"
         raise ImageError(source, reason) from exc
     except OSError as exc:
-        raise ImageError(source, f"cannot open: {_short(exc)}") from exc
+        raise ImageError(source, f"cannot open: {short_reason(exc)}") from exc
     except ValueError as exc:  # e.g. a NUL character in the path
         raise ImageError(source, f"invalid path: {exc}") from exc
     if not data:
@@ -215,7 +215,7 @@ def _load_string(
             claimed = image_source.claims(ref)
         except Exception as exc:
             raise ImageError(description, f"image source {image_source.name!r} failed to say whether it "
-                                          f"handles it: {_short(exc)}") from exc
+                                          f"handles it: {short_reason(exc)}") from exc
         if not claimed:
             continue
         try:
@@ -223,7 +223,7 @@ def _load_string(
         except ImageError:
             raise
         except Exception as exc:
-            raise ImageError(description, f"image source {image_source.name!r} failed: {_short(exc)}") from exc
+            raise ImageError(description, f"image source {image_source.name!r} failed: {short_reason(exc)}") from exc
         if not isinstance(loaded, (Image.Image, bytes, bytearray, memoryview)):
             if not hasattr(loaded, "read"):
                 raise ImageError(
@@ -343,7 +343,7 @@ def _bomb_reason(exc: Exception) -> str:
     return f"too many pixels ({match.group(1)} pixels > Pillow's limit {match.group(2)})"
 
 
-def _short(exc: object) -> str:
+def short_reason(exc: object) -> str:
     """A one-line cause: an OS error's text without its errno, else the message (or the exception itself)."""
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     text = " ".join(str(text).split())

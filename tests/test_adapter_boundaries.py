@@ -85,3 +85,13 @@ def test_an_adapters_modules_import_each_other_one_way(package: Path) -> None:
 
     for module in sorted(graph):
         visit(module)
+
+
+@pytest.mark.parametrize("source", sorted((ROOT / "blip2plugins").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_modules_import_no_private_names_of_each_other(source: Path) -> None:
+    """A name another module needs is public (documented), as in the adapters."""
+    tree = ast.parse(source.read_text())
+    private = [f"line {node.lineno}: {alias.name}" for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("blip2plugins"))
+               for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert private == []

@@ -153,7 +153,8 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * decay
 
 
-def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters at ``config``'s learning rate; weight decay on matrices only."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -190,7 +191,7 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),
     )
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     params = [p for p in model.parameters() if p.requires_grad]

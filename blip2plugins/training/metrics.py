@@ -17,7 +17,8 @@ from typing import Sequence
 
 from ..errors import EvalError
 
-_INSTALL_HINT = "pip install 'blip2plugins[train]'"
+#: How to install what the training metrics and plots need.
+INSTALL_HINT = "pip install 'blip2plugins[train]'"
 _WORD = re.compile(r"\w+")
 
 
@@ -69,7 +70,7 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
     except ImportError as e:
-        raise ImportError(f"caption metrics need pycocoevalcap: {_INSTALL_HINT}") from e
+        raise ImportError(f"caption metrics need pycocoevalcap: {INSTALL_HINT}") from e
     res = {i: [" ".join(tokenize(p))] for i, p in enumerate(predictions)}
     gts = {i: [" ".join(tokenize(r)) for r in rs] for i, rs in enumerate(refs)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)

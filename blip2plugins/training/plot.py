@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from .metrics import _INSTALL_HINT, EvalError
+from .metrics import INSTALL_HINT, EvalError
 
 
 def _losses(report: Mapping[str, Any]) -> list[tuple[float, float]]:
@@ -59,7 +59,7 @@ def plot_curves(report: Mapping[str, Any], path: str | Path) -> Path:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ImportError(f"plotting needs matplotlib: {_INSTALL_HINT}") from e
+        raise ImportError(f"plotting needs matplotlib: {INSTALL_HINT}") from e
 
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     FigureCanvasAgg(fig)

@@ -32,7 +32,7 @@ from transformers import Blip2ForImageTextRetrieval
 from .. import retrieval
 from ..errors import DataError, OptionError
 from . import checks
-from .loop import TrainConfig, TrainReport, _optimizer, lr_factor
+from .loop import TrainConfig, TrainReport, make_optimizer, lr_factor
 from .methods import count_parameters
 from .retrieval_losses import Temperature, group_ids, itc_loss, itm_loss
 
@@ -179,7 +179,7 @@ def train_retrieval(model: Blip2ForImageTextRetrieval, processor: Any, examples:
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=len(data) >= config.batch_size,
                         collate_fn=_Collate(processor, max_length), generator=torch.Generator().manual_seed(config.seed))
     loop_config = config.loop_config()
-    optimizer = _optimizer(objective, loop_config)
+    optimizer = make_optimizer(objective, loop_config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, loop_config))
     wrapped, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     params = [p for p in objective.parameters() if p.requires_grad]
