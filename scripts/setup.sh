@@ -45,28 +45,28 @@ if [ "$project" = 1 ]; then
   pip_install .venv/bin/python -e "adapters/label-studio[test]"
 fi
 
-if [ "$label_studio" = 1 ]; then
-  stamp="$LS_VENV/.blip2-label-studio-$LABEL_STUDIO_VERSION-sentry2"
-  if [ ! -f "$stamp" ]; then
-    echo "setup: installing Label Studio $LABEL_STUDIO_VERSION into $LS_VENV (about a minute, once)" >&2
-    rm -rf "$LS_VENV"
-    mkdir -p "$(dirname "$LS_VENV")"
-    python3 -m venv "$LS_VENV"
-    pip_install "$LS_VENV/bin/python" "label-studio==$LABEL_STUDIO_VERSION" "$LABEL_STUDIO_EXTRAS"
-    touch "$stamp"
+# cached_venv DIR STAMP WHAT PIP_ARGS...: make the virtual environment DIR with PIP_ARGS installed, once; it is
+# reused while DIR/STAMP exists (a stamp names what was installed, so a change rebuilds it).
+cached_venv() {
+  local dir=$1 stamp=$2 what=$3
+  shift 3
+  if [ ! -f "$dir/$stamp" ]; then
+    echo "setup: installing $what into $dir (about a minute, once)" >&2
+    rm -rf "$dir"
+    mkdir -p "$(dirname "$dir")"
+    python3 -m venv "$dir"
+    pip_install "$dir/bin/python" "$@"
+    touch "$dir/$stamp"
   fi
+}
+
+if [ "$label_studio" = 1 ]; then
+  cached_venv "$LS_VENV" ".blip2-label-studio-$LABEL_STUDIO_VERSION-sentry2" "Label Studio $LABEL_STUDIO_VERSION" \
+    "label-studio==$LABEL_STUDIO_VERSION" "$LABEL_STUDIO_EXTRAS"
 fi
 
 if [ "$torchvision" = 1 ]; then
-  stamp="$TV_VENV/.blip2-${TORCHVISION_SPEC// /-}"
-  if [ ! -f "$stamp" ]; then
-    echo "setup: installing $TORCHVISION_SPEC into $TV_VENV (about a minute, once; 5.7 GB)" >&2
-    rm -rf "$TV_VENV"
-    mkdir -p "$(dirname "$TV_VENV")"
-    python3 -m venv "$TV_VENV"
-    # shellcheck disable=SC2086
-    pip_install "$TV_VENV/bin/python" $TORCHVISION_SPEC
-    touch "$stamp"
-  fi
+  # shellcheck disable=SC2086
+  cached_venv "$TV_VENV" ".blip2-${TORCHVISION_SPEC// /-}" "$TORCHVISION_SPEC (5.7 GB)" $TORCHVISION_SPEC
   pip_install "$TV_VENV/bin/python" -e . "pytest>=8" "pytest-timeout>=2.3"
 fi
