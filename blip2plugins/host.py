@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.image_processing_backends import PilBackend
 from transformers.generation.streamers import BaseStreamer
+from transformers.image_processing_backends import PilBackend
 
 from . import models, plugins, retrieval
 from .chat import Conversation, fit_chat, room_for_prompt
@@ -186,8 +186,9 @@ class Host:
 
         ``batch_invariant=True`` runs every request in a batch of its own, so that its result never
         depends on what else is queued. In float32 batching already gives the tokens of one-by-one
-        runs; 8-bit and 4-bit do not (bitsandbytes scales across the batch), nor, slightly, float16 and
-        bfloat16. It costs the batching speed-up (``benchmarks/batch_invariance.py`` measures both).
+        runs; in float16 and bfloat16 a row's padding changes its scores slightly, and bitsandbytes
+        picks 8-bit outlier columns across the batch. It costs the batching speed-up
+        (``benchmarks/batch_invariance.py`` measures both).
         """
         _check_settings(max_batch_size, max_wait, loader_threads, batch_invariant)  # before the model loads
         loaded = models.load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)

@@ -206,8 +206,9 @@ def load(model: str, *, device: str = "auto", dtype: str = "auto", quantize: str
     ``retrieval`` adds a retrieval model for ``match`` / ``similarity`` / ``embed_*``: ``True`` loads
     the preset's companion (if it names one), a string loads that checkpoint, ``False`` none. A
     retrieval checkpoint given as ``model`` loads alone (it has no language model). Quantization
-    applies to the vision encoder, the language projection and the language model; transformers keeps
-    the Q-Former (and the retrieval model) in ``dtype``. Safe to call from several threads: loads run one at a time.
+    applies to the vision encoder, the language projection and the language model (transformers keeps
+    the Q-Former in float32; a retrieval model is not quantized). Safe to call from several threads:
+    loads run one at a time.
     """
     with _LOAD_LOCK:
         return _load(model, device=device, dtype=dtype, quantize=quantize, retrieval=retrieval)
