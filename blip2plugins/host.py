@@ -4,13 +4,16 @@ One worker thread owns the model. Callers (any number of threads) load and prepr
 (lists in parallel, on a small thread pool), then queue requests; the worker gathers up to
 ``max_batch_size`` compatible requests and runs them as one batch. It waits for more (at most
 ``max_wait`` seconds) only while callers that have queued nothing yet are loading their images, so a
-lone caller never waits and a long list streams through in full batches. Every caller, adapter and plugin gets batching for free, and results equal those of
-one-by-one runs (same tokens).
+lone caller never waits and a long list streams through in full batches. Every caller, adapter and
+plugin gets batching for free, and in float32 results equal those of one-by-one runs (same tokens).
 
 Generation follows ``Blip2ForConditionalGeneration.generate`` step by step, but on image features
 that can be computed once and reused: a chat encodes its image once for all turns. A request without
 an image is answered by the language model alone (no image tokens). :meth:`Host.stream` hands out the
 text of one request while it is generated.
+
+Here: the facade callers use, and image preparation. The worker thread and what runs on it
+(batching, generation, scores) are in :mod:`.worker`; streaming is in :mod:`.streaming`.
 """
 
 from __future__ import annotations
@@ -18,31 +21,29 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, overload
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 from transformers.image_processing_backends import PilBackend
 
 from . import models, plugins, retrieval
 from .chat import Conversation, fit_chat, room_for_prompt
-from .errors import Blip2Error, ModelLoadError, OptionError, PluginError, StoreError
+from .errors import Blip2Error, ModelLoadError, OptionError, StoreError
 from .generation import GenerationOptions
 from .images import describe, load_image
 from .store import parse_ref
 from .texts import require_text, shown
+from .streaming import TextStream
+from .worker import STOP, EmbedText, Encode, Generate, Match, Swap, Worker
 from .types import ImageEmbedding, Result
 
 log = logging.getLogger(__name__)
@@ -55,74 +56,8 @@ _REDUCING_GAP = 3.0
 _MAX_LOADERS = 16
 
 
-@dataclass(eq=False)
-class _Generate:
-    task: str
-    prompt: str
-    options: GenerationOptions
-    pixel_values: torch.Tensor | None = None
-    features: torch.Tensor | None = None
-    text_only: bool = False
-    image: str | None = None
-    stream: TextStream | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    queued: float = field(default_factory=time.perf_counter)
-    future: Future[Result] = field(default_factory=Future)
-
-    def key(self) -> object:
-        # Sampled requests run alone, so a seed reproduces the same text whatever else is queued; so do streams.
-        if self.options.do_sample or self.stream is not None:
-            return self
-        return ("text" if self.text_only else "generate", self.options)
-
-
-@dataclass(eq=False)
-class _Encode:
-    """Image features: the language-model inputs (``itc=False``) or the retrieval model's ITC embeddings."""
-
-    pixel_values: torch.Tensor
-    itc: bool = False
-    future: Future[torch.Tensor] = field(default_factory=Future)
-
-    def key(self) -> object:
-        return ("encode", self.itc)
-
-
 #: A chunk of image embeddings being computed: each with its worker future, or None when the image failed.
 _Embeddings = list[tuple[ImageEmbedding, "Future[torch.Tensor] | None"]]
-
-
-@dataclass(eq=False)
-class _EmbedText:
-    text: str
-    future: Future[torch.Tensor] = field(default_factory=Future)
-
-    def key(self) -> object:
-        return "embed_text"
-
-
-@dataclass(eq=False)
-class _Match:
-    pixel_values: torch.Tensor
-    text: str
-    future: Future[float] = field(default_factory=Future)
-
-    def key(self) -> object:
-        return "match"
-
-
-@dataclass(eq=False)
-class _Swap:
-    """Replace the attached adapter between batches: requests queued before it finish on the old one."""
-
-    adapter: str | None
-    future: Future[str] = field(default_factory=Future)
-
-    def key(self) -> object:
-        return self
-
-
-_STOP = object()
 _OPEN: weakref.WeakSet[Host] = weakref.WeakSet()
 
 
@@ -150,7 +85,6 @@ class Host:
         self.batch_invariant = batch_invariant
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
-        self._queue: queue.Queue[Any] = queue.Queue()
         self.loader_threads = loader_threads or min(_MAX_LOADERS, _usable_cpus())
         self._loader = ThreadPoolExecutor(self.loader_threads, "blip2-load")
         self._preparing = 0  # callers loading images that have queued nothing yet: the worker waits for them
@@ -158,9 +92,8 @@ class Host:
         self._closed = False
         self._closing_lock = threading.Lock()  # nothing is queued behind the worker's stop signal
         self._prompt_lengths: dict[str, int] = {}
-        self._stats = {"batches": 0, "items": 0, "encoded": 0, "largest_batch": 0}
-        self._worker = threading.Thread(target=self._serve, name="blip2-host", daemon=True)
-        self._worker.start()
+        self._worker = Worker(loaded, max_batch_size=max_batch_size, max_wait=max_wait, batch_invariant=batch_invariant,
+                              process_result=plugins.process_result, preparing=lambda: self._preparing)
         _OPEN.add(self)
 
     @classmethod
@@ -383,8 +316,8 @@ class Host:
         self.loaded.require("chat")
         self._check_open()
         if not isinstance(image, (list, tuple)):
-            return self._enqueue(_Encode(self.preprocess([self._load(image)])[0])).result()
-        futures = [self._enqueue(_Encode(row)) for row in self._pixel_rows(image)]
+            return self._enqueue(Encode(self.preprocess([self._load(image)])[0])).result()
+        futures = [self._enqueue(Encode(row)) for row in self._pixel_rows(image)]
         return [future.result() for future in futures]
 
     def preprocess(self, images: list[Image.Image], *, itc: bool = False) -> torch.Tensor:
@@ -464,7 +397,7 @@ class Host:
         self._retrieval("embed")
         single = isinstance(texts, str)
         items = _text_list(texts)
-        rows = [f.result() for f in [self._enqueue(_EmbedText(t)) for t in items]]
+        rows = [f.result() for f in [self._enqueue(EmbedText(t)) for t in items]]
         if not rows:
             return torch.empty(0, self.embedding_dim)
         return rows[0] if single else torch.stack(rows)
@@ -503,7 +436,7 @@ class Host:
         else:
             text_list = _checked_texts(_spread(texts, len(images), "text"))
             rows = self._pixel_rows(images, itc=True)
-        return [f.result() for f in [self._enqueue(_Match(row, text)) for row, text in zip(rows, text_list)]]
+        return [f.result() for f in [self._enqueue(Match(row, text)) for row, text in zip(rows, text_list)]]
 
     def _retrieval(self, task: str) -> models.RetrievalModel:
         self.loaded.require(task)
@@ -522,7 +455,7 @@ class Host:
             for image, outcome in zip(chunk, prepared):
                 embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(image))
                 if isinstance(outcome, torch.Tensor):
-                    queued.append((embedding, self._enqueue(_Encode(outcome, itc=True))))
+                    queued.append((embedding, self._enqueue(Encode(outcome, itc=True))))
                 else:
                     embedding.error = str(outcome)
                     queued.append((embedding, None))
@@ -570,8 +503,8 @@ class Host:
         try:
             self._check_prompt(prompt, options, image=features is not None)
         except OptionError as exc:
-            return _failed(self._failure(task, prompt, str(exc), image))
-        return self._enqueue(_Generate(task, prompt, options, features=features, text_only=features is None,
+            return _failed(self._worker.failure(task, prompt, str(exc), image))
+        return self._enqueue(Generate(task, prompt, options, features=features, text_only=features is None,
                                        image=image))
 
     def stream(self, task: str, features: torch.Tensor | None, prompt: str, options: GenerationOptions, *,
@@ -587,9 +520,9 @@ class Host:
         if options.num_beams > 1 or options.n > 1:
             raise OptionError(f"streaming needs num_beams=1 and n=1, got num_beams={options.num_beams}, n={options.n}")
         self._check_prompt(prompt, options, image=features is not None)
-        request = _Generate(task, prompt, options, features=features, text_only=features is None, image=image)
+        request = Generate(task, prompt, options, features=features, text_only=features is None, image=image)
         request.stream = TextStream(request.future, self.loaded.processor.tokenizer,
-                                    lambda raw: self._text(request, options.cut(raw)[0]), options.stop,
+                                    lambda raw: self._worker.text(request, options.cut(raw)[0]), options.stop,
                                     hold=_hooks_process_results())
         self._enqueue(request)
         return request.stream
@@ -620,19 +553,19 @@ class Host:
         """
         self.loaded.require("caption")
         folder = None if adapter is None else _find_adapter(self.loaded, adapter)
-        return self._enqueue(_Swap(folder)).result()
+        return self._enqueue(Swap(folder)).result()
 
     def stats(self) -> dict[str, int]:
         """Counters since load: generation batches run, items generated, images encoded, largest batch."""
-        return dict(self._stats)
+        return dict(self._worker.stats)
 
     def close(self) -> None:
         """Stop the worker after the queued work is done."""
         with self._closing_lock:
             stop, self._closed = not self._closed, True
             if stop:
-                self._queue.put(_STOP)
-        self._worker.join()
+                self._worker.queue.put(STOP)
+        self._worker.thread.join()
         self._loader.shutdown()
 
     def __enter__(self) -> Host:
@@ -659,11 +592,11 @@ class Host:
             for chunk, prepared, seconds in self._prefetched(items, lambda item: self._prepare(*item, opts)):
                 if strict:
                     _raise_first_error(prepared)
-                requests = {index: _Generate(task, chunk[index][1], opts, pixel_values=outcome,
+                requests = {index: Generate(task, chunk[index][1], opts, pixel_values=outcome,
                                              image=describe(chunk[index][0]), timings={"preprocess_s": seconds[index]})
                             for index, outcome in enumerate(prepared) if isinstance(outcome, torch.Tensor)}
                 futures = [requests[index].future if index in requests
-                           else _failed(self._failure(task, chunk[index][1], str(outcome), describe(chunk[index][0])))
+                           else _failed(self._worker.failure(task, chunk[index][1], str(outcome), describe(chunk[index][0])))
                            for index, outcome in enumerate(prepared)]
                 if preparing:  # before our first request: from now on the worker never waits for us
                     preparing = self._done_preparing()
@@ -736,18 +669,14 @@ class Host:
             raise OptionError(f"prompt {prompt[:60]!r} is too long ({length} tokens): "
                               f"{room_for_prompt(self.loaded, image, options.max_new_tokens)}")
 
-    def _failure(self, task: str, prompt: str, error: str, image: str | None = None) -> Result:
-        """The result of an item that failed."""
-        return Result(task, None, None, self.name, self.model_version, prompt=prompt, error=error, image=image)
-
-    def _enqueue(self, request: _Generate | _Encode | _EmbedText | _Match | _Swap) -> Future[Any]:
+    def _enqueue(self, request: Generate | Encode | EmbedText | Match | Swap) -> Future[Any]:
         with self._closing_lock:
             self._check_open()
-            self._queue.put(request)
+            self._worker.queue.put(request)
         return request.future
 
     def _check_open(self) -> None:
-        if self._closed or not self._worker.is_alive():
+        if self._closed or not self._worker.thread.is_alive():
             raise Blip2Error("the host is closed")
 
     def _one(self, future: Future[Result]) -> Result:
@@ -760,242 +689,9 @@ class Host:
     def _wait(futures: list[Future[Result]]) -> list[Result]:
         return [f.result() for f in futures]
 
-    def _serve(self) -> None:
-        pending: list[Any] = []
-        stopping = False
-        limit = 1 if self.batch_invariant else self.max_batch_size
-        while pending or not stopping:
-            if not pending:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                pending.append(item)
-            deadline = time.perf_counter() + self.max_wait
-            while not stopping and len(pending) < limit and not isinstance(pending[-1], _Swap):
-                wait = deadline - time.perf_counter() if self._preparing else 0.0
-                try:
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    if self._preparing and time.perf_counter() < deadline:
-                        continue
-                    break
-                if item is _STOP:
-                    stopping = True
-                else:
-                    pending.append(item)
-            if isinstance(pending[0], _Swap):
-                self._swap(pending.pop(0))
-                continue
-            barrier = next((i for i, p in enumerate(pending) if isinstance(p, _Swap)), len(pending))
-            key = pending[0].key()
-            batch = [p for p in pending[:barrier] if p.key() == key][:limit]
-            pending = [p for p in pending if p not in batch]
-            self._run(batch)
-
-    def _swap(self, request: _Swap) -> None:
-        try:
-            if request.adapter is None:
-                models.detach_adapter(self.loaded)
-            else:
-                models.attach_adapter(self.loaded, request.adapter)
-        except Exception as exc:  # the old adapter still serves
-            log.error("adapter swap to %s failed: %s", request.adapter, exc)
-            request.future.set_exception(exc if isinstance(exc, Blip2Error) else Blip2Error(f"adapter swap failed: {exc}"))
-        else:
-            log.info("now serving %s", self.loaded.version)
-            request.future.set_result(self.loaded.version)
-
-    def _run(self, batch: list[Any]) -> None:
-        try:
-            with torch.inference_mode():
-                if isinstance(batch[0], _Generate):
-                    self._generate(batch)
-                else:
-                    for request, row in zip(batch, self._retrieval_batch(batch)):
-                        request.future.set_result(row)
-        except Exception as exc:  # a failed batch fails its items, never the worker
-            left = [request for request in batch if not request.future.done()]
-            if len(left) > 1:  # find the culprit: the others must not fail with it
-                log.warning("batch of %d failed (%s): running its items one by one", len(batch), exc)
-                for request in left:
-                    self._run([request])
-                return
-            log.exception("batch of %d failed", len(batch))
-            for request in left:
-                if not isinstance(request, _Generate):
-                    request.future.set_exception(Blip2Error(f"{type(request).__name__.strip('_').lower()} failed: {exc}"))
-                else:
-                    request.future.set_result(self._failure(request.task, request.prompt, f"generation failed: {exc}",
-                                                            request.image))
-
-    def _retrieval_batch(self, batch: list[Any]) -> list[Any]:
-        """Run a batch of image encodings, text embeddings or matches; one output per request."""
-        if isinstance(batch[0], _Encode) and not batch[0].itc:
-            self._stats["encoded"] += len(batch)
-            return list(self._features(torch.stack([r.pixel_values for r in batch])))
-        head = self._retrieval("embed")
-        net = head.model
-        if isinstance(batch[0], _Encode):
-            self._stats["encoded"] += len(batch)
-            return list(retrieval.image_embeddings(net, torch.stack([r.pixel_values for r in batch])).float().cpu())
-        ids, mask = retrieval.tokenize(partial(self.loaded.tokenize, tokenizer=head.processor.tokenizer),
-                                       [r.text for r in batch], head.max_text_tokens)
-        if isinstance(batch[0], _EmbedText):
-            return list(retrieval.text_embeddings(net, ids, mask).float().cpu())
-        vision = retrieval.vision_states(net, torch.stack([r.pixel_values for r in batch]))
-        return retrieval.itm_logits(net, vision, ids, mask).float().softmax(dim=-1)[:, 1].tolist()
-
-    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        loaded = self.loaded
-        pixel_values = pixel_values.to(loaded.device, loaded.dtype)
-        return loaded.model.get_image_features(pixel_values=pixel_values).pooler_output
-
-    def _generate(self, batch: list[_Generate]) -> None:
-        loaded, model = self.loaded, self.loaded.model
-        started = time.perf_counter()
-        todo = [r for r in batch if r.features is None and not r.text_only]
-        self._stats["batches"] += 1
-        self._stats["items"] += len(batch)
-        self._stats["encoded"] += len(todo)
-        self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
-        if todo:
-            for request, row in zip(todo, self._features(torch.stack([r.pixel_values for r in todo]))):
-                request.features = row
-        encoded = time.perf_counter()
-        text_only = batch[0].text_only
-        input_ids, attention_mask = self._encode_prompts([r.prompt for r in batch], image=not text_only)
-        image_slots = input_ids == loaded.image_token_id
-        counts = image_slots.sum(dim=1)
-        expected = 0 if text_only else loaded.num_query_tokens
-        if bool((counts != expected).any()):
-            raise Blip2Error(f"image-token count per row {counts.tolist()} != {expected} query tokens")
-        embeds = model.get_input_embeddings()(input_ids)
-        if not text_only:
-            features = torch.stack([r.features for r in batch]).to(embeds.device, embeds.dtype)
-            embeds = embeds.masked_scatter(image_slots.unsqueeze(-1), features)
-        inputs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
-        if loaded.family.decoder_only:
-            inputs["input_ids"] = input_ids
-        options = batch[0].options
-        if options.stop:
-            inputs["tokenizer"] = loaded.processor.tokenizer
-        stream = batch[0].stream
-        if stream is not None:
-            inputs.update(streamer=stream.streamer, stopping_criteria=StoppingCriteriaList([stream.cancelled]))
-        if options.seed is not None:
-            torch.manual_seed(options.seed)
-        out = model.language_model.generate(**inputs, **options.generate_kwargs(), return_dict_in_generate=True,
-                                            output_logits=True, output_scores=options.num_beams > 1)
-        new_tokens = out.sequences[:, input_ids.shape[1]:] if loaded.family.decoder_only else out.sequences[:, 1:]
-        generated = self._generated(new_tokens, options)
-        scores = self._scores(out, new_tokens, generated, options)
-        texts = loaded.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        early = (generated.sum(dim=1) < options.max_new_tokens).tolist()
-        ended = torch.isin(new_tokens, self._eos_ids(new_tokens.device)).any(dim=1).tolist()
-        done = time.perf_counter()
-        n = options.n
-        for i, request in enumerate(batch):
-            candidates, reasons = [], []
-            for j in range(i * n, (i + 1) * n):
-                text, stopped = options.cut(texts[j])
-                candidates.append((self._text(request, text), float(scores[j])))
-                reasons.append(_finish_reason(stopped or ended[j], early[j], stream))
-            if options.do_sample:
-                order = sorted(range(n), key=lambda k: -candidates[k][1])
-                candidates, reasons = [candidates[k] for k in order], [reasons[k] for k in order]
-            timings = {**request.timings, "queue_s": started - request.queued, "encode_s": encoded - started,
-                       "generate_s": done - encoded, "total_s": done - request.queued + request.timings.get("preprocess_s", 0.0)}
-            try:
-                result = _processed(request.task, [Result(request.task, text, score, self.name, self.model_version,
-                                                          prompt=request.prompt, candidates=[(text, score)],
-                                                          timings=dict(timings), finish_reason=reason, raw_text=text,
-                                                          image=request.image)
-                                                   for (text, score), reason in zip(candidates, reasons)])
-            except PluginError as exc:  # that item fails; the batch and the worker go on
-                result = self._failure(request.task, request.prompt, str(exc), request.image)
-            request.future.set_result(result)
-
-    def _encode_prompts(self, prompts: list[str], *, image: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image tokens (unless ``image`` is false), then the padded prompt, as ``Blip2Processor`` builds them.
-
-        Decoder-only models get left padding (generation continues from the last column). T5 gets
-        right padding: its relative position buckets count pads lying between image and text
-        tokens, so left-padded rows would not match one-by-one runs.
-        """
-        loaded = self.loaded
-        side = "left" if loaded.family.decoder_only else "right"
-        text = loaded.tokenize(prompts, padding=True, padding_side=side, return_tensors="pt")
-        rows = len(prompts)
-        queries = loaded.num_query_tokens if image else 0
-        image = torch.full((rows, queries), loaded.image_token_id, dtype=text.input_ids.dtype)
-        input_ids = torch.cat([image, text.input_ids], dim=1).to(loaded.device)
-        attention_mask = torch.cat([torch.ones_like(image), text.attention_mask], dim=1).to(loaded.device)
-        return input_ids, attention_mask
-
-    def _scores(self, out: Any, new_tokens: torch.Tensor, generated: torch.Tensor,
-                options: GenerationOptions) -> list[float]:
-        """Confidence of each sequence: exp of the mean log-probability of its tokens, EOS included.
-
-        Greedy and sampling use the model's raw probabilities; beam search uses the beam score
-        (the length-normalised log-probability under the search's own processors).
-        """
-        if options.num_beams > 1:
-            return out.sequences_scores.float().exp().tolist()
-        logits = torch.stack(out.logits, dim=1).float()
-        logp = logits.log_softmax(-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        mean = (logp * generated).sum(dim=1) / generated.sum(dim=1).clamp(min=1)
-        return mean.exp().tolist()
-
-    def _generated(self, new_tokens: torch.Tensor, options: GenerationOptions) -> torch.Tensor:
-        """Which new tokens each row generated: up to its first EOS (included), and none of the pads
-        that fill a row a stop string ended while others went on.
-
-        A pad the model generates itself (T5's pad is id 0, an ordinary output) counts like any token.
-        Fill pads only follow a row's end, so only a trailing run of pads after a stop string is left out.
-        """
-        eos = self._eos_ids(new_tokens.device)
-        is_eos = torch.isin(new_tokens, eos).long()
-        valid = (is_eos.cumsum(dim=1) - is_eos) == 0
-        pad = self.loaded.model.language_model.generation_config.pad_token_id
-        if not options.stop or pad is None or bool((eos == pad).any()):
-            return valid
-        trailing = (new_tokens == pad).flip(1).long().cumprod(dim=1).flip(1).bool()
-        for row in torch.nonzero(trailing.any(dim=1) & ~is_eos.bool().any(dim=1)).flatten().tolist():
-            text = self.loaded.processor.tokenizer.decode(new_tokens[row][~trailing[row]], skip_special_tokens=True)
-            if options.cut(text)[1]:
-                valid[row] &= ~trailing[row]
-        return valid
-
-    def _eos_ids(self, device: torch.device) -> torch.Tensor:
-        eos = self.loaded.model.language_model.generation_config.eos_token_id
-        return torch.tensor(eos if isinstance(eos, list) else [eos], device=device)
-
-    def _text(self, request: _Generate, generated: str) -> str:
-        if request.task == "caption" and request.prompt and self.loaded.family.decoder_only:
-            return (request.prompt + generated).strip()
-        return generated.strip()
-
-
-def _processed(task: str, candidates: list[Result]) -> Result:
-    """The best candidate after the ``process_result`` hooks, each candidate passed through them on
-    its own; its ``candidates`` are the processed ones, best first."""
-    done = [plugins.process_result(task, candidate) for candidate in candidates]
-    return replace(done[0], candidates=[(result.text, result.score) for result in done])
-
-
 def _hooks_process_results() -> bool:
     """Whether a ``process_result`` implementation is registered (a stream's text may then change at the end)."""
     return bool(plugins.get_plugin_manager().hook.process_result.get_hookimpls())
-
-
-def _finish_reason(stopped: bool, early: bool, stream: TextStream | None) -> str:
-    """Why a sequence ended: ``stopped`` at EOS or a stop string in its text, ``early`` before
-    ``max_new_tokens`` (a stream closed, or a stop string that began in the prompt)."""
-    if stopped:
-        return "stop"
-    if not early:
-        return "length"
-    return "cancelled" if stream is not None and stream.closed else "stop"
 
 
 def _prepare_each(prepare: Callable[[T], R], items: list[T]) -> list[tuple[R, float]]:
@@ -1122,109 +818,3 @@ def _failed(result: Result) -> Future[Result]:
     future: Future[Result] = Future()
     future.set_result(result)
     return future
-
-
-class TextStream:
-    """The text of one request, handed out in deltas while the host's worker generates it.
-
-    Iterate it (once) for the model's deltas; they join to ``result().raw_text``, the model's text
-    before the ``process_result`` hooks. Text that a later token could still change is held back: an
-    incomplete character, trailing spaces, and anything that may be the start of a stop string.
-    Leaving the iteration early (or :meth:`close`) stops the generation at the next token.
-    :meth:`processed` (instead of iterating) gives deltas that join to ``result().text``.
-    """
-
-    def __init__(self, future: Future[Result], tokenizer: Any, finish: Callable[[str], str], stop: tuple[str, ...],
-                 *, hold: bool = False) -> None:
-        self._future = future
-        self._hold = hold
-        self._tokens: queue.Queue[list[int] | None] = queue.Queue()
-        self._tokenizer = tokenizer
-        self._finish = finish
-        self._stop = stop
-        self._cancel = threading.Event()
-        self.streamer = _QueueStreamer(self._tokens)
-        self.cancelled = _Cancelled(self._cancel)
-        future.add_done_callback(lambda _: self._tokens.put(None))
-
-    def __iter__(self) -> Iterator[str]:
-        ids: list[int] = []
-        sent = ""
-        try:
-            while (chunk := self._tokens.get()) is not None:
-                ids.extend(chunk)
-                text = self._finish(self._settled(self._tokenizer.decode(ids, skip_special_tokens=True)))
-                if len(text) > len(sent) and text.startswith(sent):
-                    yield text[len(sent):]
-                    sent = text
-            final = self.result().raw_text or ""
-            if len(final) > len(sent) and final.startswith(sent):
-                yield final[len(sent):]
-        finally:
-            self._cancel.set()
-
-    def processed(self) -> Iterator[str]:
-        """Deltas that join to ``result().text``: the model's deltas as they come when no
-        ``process_result`` hook was registered at the start, else the processed text in one delta
-        once generation is over (a hook may rewrite anything)."""
-        if not self._hold:
-            yield from self
-        elif text := self.result().text:
-            yield text
-
-    def result(self, timeout: float | None = None) -> Result:
-        """The final result, once generation is over; raises :class:`Blip2Error` if it failed."""
-        result = self._future.result(timeout)
-        if not result.ok:
-            raise Blip2Error(result.error)
-        return result
-
-    def close(self) -> None:
-        """Stop the generation at the next token (the result keeps the text generated so far, and
-        its ``finish_reason`` is ``"cancelled"`` if that cut it short)."""
-        self._cancel.set()
-
-    @property
-    def closed(self) -> bool:
-        """Whether the stream was closed (or left) before the generation ended."""
-        return self._cancel.is_set()
-
-    def _settled(self, raw: str) -> str:
-        """The part of the raw generated text that later tokens cannot change."""
-        found = [i for i in (raw.find(s) for s in self._stop) if i >= 0]
-        if found:
-            return raw[: min(found)]
-        keep = len(raw)
-        for stop in self._stop:  # the longest end of ``raw`` that begins a stop string
-            for size in range(min(len(stop) - 1, len(raw)), 0, -1):
-                if raw.endswith(stop[:size]):
-                    keep = min(keep, len(raw) - size)
-                    break
-        return raw[:keep].rstrip("\ufffd").rstrip()
-
-
-class _QueueStreamer(BaseStreamer):
-    """Hands each step's new token ids to a queue; skips the prompt ``generate`` puts first."""
-
-    def __init__(self, tokens: queue.Queue[list[int] | None]) -> None:
-        self._tokens = tokens
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self._tokens.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        """Nothing to flush: the stream ends when the request's future is done."""
-
-
-class _Cancelled(StoppingCriteria):
-    """Stops generation once the stream's reader has gone away."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self._event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool, device=input_ids.device)

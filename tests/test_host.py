@@ -207,14 +207,14 @@ def test_a_prompt_that_cannot_run_fails_only_its_item(hosts):
 
 def test_a_batch_that_fails_runs_again_item_by_item(tiny_opt, monkeypatch):
     with Host.load(str(tiny_opt)) as host:
-        encode = host._encode_prompts
+        encode = host._worker._encode_prompts
 
         def poisoned(prompts, **kwargs):
             if any("poison" in prompt for prompt in prompts):
                 raise RuntimeError("boom")
             return encode(prompts, **kwargs)
 
-        monkeypatch.setattr(host, "_encode_prompts", poisoned)
+        monkeypatch.setattr(host._worker, "_encode_prompts", poisoned)
         results = host.caption([scene(0), scene(1), scene(2)], prompt=["", "poison", "a"], max_new_tokens=4)
         assert [r.error for r in results] == [None, "generation failed: boom", None]
         assert results[2].text == host.caption(scene(2), prompt="a", max_new_tokens=4).text
@@ -360,7 +360,7 @@ def test_a_closed_host_refuses_work(tiny_opt):
 def test_a_host_nobody_closed_is_closed_at_exit(tiny_opt):
     script = (
         "import atexit, sys\n"
-        "atexit.register(lambda: print('worker alive at exit:', host._worker.is_alive()))\n"  # runs after the host's handler
+        "atexit.register(lambda: print('worker alive at exit:', host._worker.thread.is_alive()))\n"  # runs after the host's handler
         "from PIL import Image\n"
         "from blip2plugins.host import Host\n"
         f"host = Host.load({str(tiny_opt)!r})\n"
