@@ -1,6 +1,6 @@
 """Ten questions about one image: a host chat (image encoded once) vs re-encoding it for every question.
 
-The re-encoding arm renders exactly the prompt the chat renders (``chat.render_chat``, past
+The re-encoding arm renders exactly the prompt the chat renders (``prompts.render_chat``, past
 turns included, fed its own answers) and runs ``processor`` + ``model.generate`` for each question,
 so the vision encoder and Q-Former run ten times instead of once. Both arms must give identical
 answers. Default model: about 7M parameters at 224 px with random weights, built here.
@@ -16,7 +16,7 @@ import random
 import _common as c
 import torch
 
-from blip2plugins.chat import render_chat
+from blip2plugins.prompts import render_chat
 
 GOAL = 2.0
 QUESTIONS = [

@@ -36,15 +36,16 @@ from PIL import Image
 from transformers.image_processing_backends import PilBackend
 
 from . import models, plugins, retrieval
-from .chat import Conversation, fit_chat, room_for_prompt
+from .chat import Conversation
 from .errors import Blip2Error, ModelLoadError, OptionError, StoreError
 from .generation import GenerationOptions
 from .images import describe, load_image
+from .prompts import check_prompt, fit_chat, room_for_prompt
 from .store import parse_ref
-from .texts import require_text, shown
 from .streaming import TextStream
-from .worker import STOP, EmbedText, Encode, Generate, Match, Swap, Worker
+from .texts import require_text, shown
 from .types import ImageEmbedding, Result
+from .worker import STOP, EmbedText, Encode, Generate, Match, Swap, Worker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -653,21 +654,7 @@ class Host:
         return self._prepared(image)
 
     def _check_prompt(self, prompt: Any, options: GenerationOptions, *, image: bool = True) -> None:
-        """Refuse, before it joins a batch, a prompt that is not a string, holds the image token or
-        does not fit the context (with the image's query tokens and, decoder-only, ``max_new_tokens``)."""
-        require_text(prompt, "a prompt", empty=True)
-        token = self.loaded.processor.image_token.content
-        if token in prompt:
-            raise OptionError(f"prompt {prompt[:60]!r} contains the image token {token!r}")
-        length = self._prompt_lengths.get(prompt)
-        if length is None:
-            length = self.loaded.count_tokens(prompt)
-            if len(self._prompt_lengths) > 4096:
-                self._prompt_lengths.clear()
-            self._prompt_lengths[prompt] = length
-        if length > self.loaded.prompt_budget(image=image, max_new_tokens=options.max_new_tokens):
-            raise OptionError(f"prompt {prompt[:60]!r} is too long ({length} tokens): "
-                              f"{room_for_prompt(self.loaded, image, options.max_new_tokens)}")
+        check_prompt(self.loaded, prompt, options.max_new_tokens, image=image, lengths=self._prompt_lengths)
 
     def _enqueue(self, request: Generate | Encode | EmbedText | Match | Swap) -> Future[Any]:
         with self._closing_lock:
@@ -688,6 +675,7 @@ class Host:
     @staticmethod
     def _wait(futures: list[Future[Result]]) -> list[Result]:
         return [f.result() for f in futures]
+
 
 def _hooks_process_results() -> bool:
     """Whether a ``process_result`` implementation is registered (a stream's text may then change at the end)."""

@@ -22,7 +22,7 @@ def _problems(source: Path) -> list[str]:
             for alias in node.names:
                 if alias.name.startswith("_"):
                     found.append(f"line {node.lineno}: imports the private {node.module}.{alias.name}")
-                if node.module in ("blip2plugins.chat", "blip2plugins.models") and alias.name in LOADED_MODEL_FUNCTIONS:
+                if node.module in ("blip2plugins.prompts", "blip2plugins.models") and alias.name in LOADED_MODEL_FUNCTIONS:
                     found.append(f"line {node.lineno}: imports {node.module}.{alias.name}, which takes the host's "
                                  "LoadedModel")
         if isinstance(node, ast.Attribute) and node.attr == "loaded" and _is_host(node.value):
@@ -45,11 +45,11 @@ def test_adapters_use_only_the_public_host_api(source: Path) -> None:
 
 def test_the_check_finds_what_it_looks_for(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("from blip2plugins.commands import _load_host\nfrom blip2plugins.chat import fit_chat\n"
+    bad.write_text("from blip2plugins.commands import _load_host\nfrom blip2plugins.prompts import fit_chat\n"
                    "def f(host, self):\n    host.loaded.require('ask')\n    return self.get_host().loaded\n")
     assert sorted(_problems(bad)) == [
         "line 1: imports the private blip2plugins.commands._load_host",
-        "line 2: imports blip2plugins.chat.fit_chat, which takes the host's LoadedModel",
+        "line 2: imports blip2plugins.prompts.fit_chat, which takes the host's LoadedModel",
         "line 4: reads a Host's private .loaded", "line 5: reads a Host's private .loaded"]
     assert SOURCES, "no adapter sources found"
 

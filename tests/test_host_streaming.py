@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from blip2plugins.chat import fit_chat, render_chat
+from blip2plugins.prompts import fit_chat, render_chat
 from blip2plugins.errors import OptionError
 from blip2plugins.generation import GenerationOptions
 from blip2plugins.hookspecs import hookimpl
