@@ -93,10 +93,12 @@ def main() -> None:
 
 
 def encode_time(host, image) -> float:
-    pixel_values = host.preprocess([image])
+    """Median seconds of the vision encoder and Q-Former on one image (the model's own forward)."""
+    loaded = host.loaded
+    pixel_values = host.preprocess([image]).to(loaded.device, loaded.dtype)
     with torch.inference_mode():
-        host._features(pixel_values)
-        times = [c.timed(lambda: host._features(pixel_values))[0] for _ in range(5)]
+        loaded.model.get_image_features(pixel_values=pixel_values)
+        times = [c.timed(lambda: loaded.model.get_image_features(pixel_values=pixel_values))[0] for _ in range(5)]
     return c.median(times)
 
 
