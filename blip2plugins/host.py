@@ -22,14 +22,11 @@ import atexit
 import logging
 import os
 import threading
-import time
 import weakref
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import partial
-from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, overload
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar, overload
 
 import torch
 from PIL import Image
@@ -40,6 +37,7 @@ from .chat import Conversation
 from .errors import Blip2Error, ModelLoadError, OptionError, StoreError
 from .generation import GenerationOptions
 from .images import describe, load_image
+from .loader import Loader, in_order, raise_first_error, usable_cpus
 from .prompts import check_prompt, fit_chat, room_for_prompt
 from .store import parse_ref
 from .streaming import TextStream
@@ -49,7 +47,6 @@ from .worker import STOP, EmbedText, Encode, Generate, Match, Swap, Worker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-R = TypeVar("R")
 #: ``fast_preprocess``: box-reduce to within 3x of the target before the bicubic pass (measured on a
 #: 640x480 image to 48 px: 0.56 vs 1.65 ms, mean difference 0.11 grey levels, at most 4).
 _REDUCING_GAP = 3.0
@@ -86,8 +83,8 @@ class Host:
         self.batch_invariant = batch_invariant
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
-        self.loader_threads = loader_threads or min(_MAX_LOADERS, _usable_cpus())
-        self._loader = ThreadPoolExecutor(self.loader_threads, "blip2-load")
+        self.loader_threads = loader_threads or min(_MAX_LOADERS, usable_cpus())
+        self._loader = Loader(self.loader_threads)
         self._preparing = 0  # callers loading images that have queued nothing yet: the worker waits for them
         self._preparing_lock = threading.Lock()
         self._closed = False
@@ -233,7 +230,7 @@ class Host:
         if not isinstance(images, (list, tuple)):
             return self._one(self._submit_one("caption", images, prompt or "", opts, strict=True))
         prompts = _spread(prompt or "", len(images), "prompt")
-        return list(self._in_order(self._submit_images("caption", zip(images, prompts), opts), self._wait))
+        return list(in_order(self._submit_images("caption", zip(images, prompts), opts), self._wait))
 
     def ask(self, images: Any, question: str | Sequence[str], **options: Any) -> Any:
         """Answer questions: one image and one question -> Result; lists -> list[Result].
@@ -257,7 +254,7 @@ class Host:
             return self._wait([self.submit_features("ask", features, family.render_question(q), opts,
                                                     image=describe(images)) for q in question])
         prompts = [family.render_question(q) for q in _spread(question, len(images), "question")]
-        return list(self._in_order(self._submit_images("ask", zip(images, prompts), opts), self._wait))
+        return list(in_order(self._submit_images("ask", zip(images, prompts), opts), self._wait))
 
     def iter_captions(self, images: Iterable[Any], *, prompt: str | None = None, n: int = 1,
                       **options: Any) -> Iterator[Result]:
@@ -270,7 +267,7 @@ class Host:
         self.loaded.require("caption")
         opts = self._image_options(n=n, **options)
         images = _iterable(images, "iter_captions")
-        return self._in_order(self._submit_images("caption", ((image, prompt or "") for image in images), opts), self._wait)
+        return in_order(self._submit_images("caption", ((image, prompt or "") for image in images), opts), self._wait)
 
     def iter_answers(self, images: Iterable[Any], question: str, **options: Any) -> Iterator[Result]:
         """Ask one question of any number of images: :meth:`iter_captions`, answering instead."""
@@ -280,7 +277,7 @@ class Host:
         _require_strings([question], "a question")
         prompt = self.loaded.family.render_question(question)
         images = _iterable(images, "iter_answers")
-        return self._in_order(self._submit_images("ask", ((image, prompt) for image in images), opts), self._wait)
+        return in_order(self._submit_images("ask", ((image, prompt) for image in images), opts), self._wait)
 
     def chat(self, image: Any, *, system: str | None = None, **options: Any) -> Conversation:
         """Start a conversation about one image, encoded once, here; ``image=None`` chats without one."""
@@ -357,7 +354,7 @@ class Host:
     def _pixel_rows(self, images: Sequence[Any], *, itc: bool = False) -> list[torch.Tensor]:
         """The pixel values of each image, prepared on the loader threads; a bad image raises its ``ImageError``."""
         prepared = list(self._loader.map(partial(self._prepared, itc=itc), images))
-        _raise_first_error(prepared)
+        raise_first_error(prepared)
         return prepared
 
     # -- retrieval --------------------------------------------------------------------------------
@@ -385,7 +382,7 @@ class Host:
         """:meth:`embed_images` for any number of images (any iterable), in order: images are read
         chunk by chunk while the worker embeds the chunks before, and at most three chunks are held."""
         head = self._retrieval("embed")
-        return self._in_order(self._submit_embeddings(_iterable(images, "iter_embeddings"), head), self._finish_embeddings)
+        return in_order(self._submit_embeddings(_iterable(images, "iter_embeddings"), head), self._finish_embeddings)
 
     @overload
     def embed_texts(self, texts: str) -> torch.Tensor: ...
@@ -449,9 +446,10 @@ class Host:
         """Load and resize the images chunk by chunk, in parallel, and queue the good ones for embedding
         (``strict``: raise the first bad image's error instead)."""
         self._check_open()
-        for chunk, prepared, _ in self._prefetched(images, partial(self._prepared, itc=True)):
+        prepare = partial(self._prepared, itc=True)
+        for chunk, prepared, _ in self._loader.prefetched(images, prepare, self.max_batch_size, self._check_open):
             if strict:
-                _raise_first_error(prepared)
+                raise_first_error(prepared)
             queued: _Embeddings = []
             for image, outcome in zip(chunk, prepared):
                 embedding = ImageEmbedding(None, None, head.name, head.version, source=_describe(image))
@@ -464,7 +462,7 @@ class Host:
 
     def _embed_strictly(self, images: list[Any], head: models.RetrievalModel) -> list[ImageEmbedding]:
         """The embeddings of ``images``: a bad image raises its own error, a failed embedding ``Blip2Error``."""
-        embeddings = list(self._in_order(self._submit_embeddings(images, head, strict=True), self._finish_embeddings))
+        embeddings = list(in_order(self._submit_embeddings(images, head, strict=True), self._finish_embeddings))
         for embedding in embeddings:  # the images loaded, but the worker failed
             if not embedding.ok:
                 raise Blip2Error(embedding.error)
@@ -590,9 +588,11 @@ class Host:
             self._preparing += 1
         preparing = True
         try:
-            for chunk, prepared, seconds in self._prefetched(items, lambda item: self._prepare(*item, opts)):
+            loading = self._loader.prefetched(items, lambda item: self._prepare(*item, opts), self.max_batch_size,
+                                              self._check_open)
+            for chunk, prepared, seconds in loading:
                 if strict:
-                    _raise_first_error(prepared)
+                    raise_first_error(prepared)
                 requests = {index: Generate(task, chunk[index][1], opts, pixel_values=outcome,
                                              image=describe(chunk[index][0]), timings={"preprocess_s": seconds[index]})
                             for index, outcome in enumerate(prepared) if isinstance(outcome, torch.Tensor)}
@@ -607,38 +607,6 @@ class Host:
         finally:
             if preparing:
                 self._done_preparing()
-
-    def _prefetched(self, items: Iterable[T], prepare: Callable[[T], R]) -> Iterator[tuple[list[T], list[R], list[float]]]:
-        """``(chunk, prepared, seconds)`` for each chunk of ``max_batch_size`` items, prepared on the
-        loader threads (even a single image: a burst of callers decodes at most ``loader_threads``
-        images at once); ``seconds`` is how long each item took to prepare. The next chunk is already
-        loading while the caller handles this one."""
-        ahead: tuple[list[T], list[Future[list[tuple[R, float]]]]] | None = None
-        for chunk in _chunks(items, self.max_batch_size):
-            self._check_open()
-            shares = min(self.loader_threads, len(chunk))  # one task per thread: fewer hand-offs than per item
-            try:
-                loading = chunk, [self._loader.submit(_prepare_each, prepare, chunk[i::shares]) for i in range(shares)]
-            except RuntimeError:  # close() shut the loader down after our check
-                raise Blip2Error("the host is closed") from None
-            if ahead is not None:
-                yield _unpacked(*ahead)
-            ahead = loading
-        if ahead is not None:
-            yield _unpacked(*ahead)
-
-    @staticmethod
-    def _in_order(chunks: Iterator[list[T]], finish: Callable[[list[T]], list[R]]) -> Iterator[R]:
-        """The finished items of queued chunks, in order. Chunk k is finished (waited for) only once
-        chunk k+1 is queued, so the worker always has the next chunk; with the chunk loading after
-        that (:meth:`_prefetched`), at most three chunks are held."""
-        ahead: deque[list[T]] = deque()
-        for chunk in chunks:
-            ahead.append(chunk)
-            if len(ahead) == 2:
-                yield from finish(ahead.popleft())
-        for chunk in ahead:
-            yield from finish(chunk)
 
     def _done_preparing(self) -> bool:
         with self._preparing_lock:
@@ -680,45 +648,6 @@ class Host:
 def _hooks_process_results() -> bool:
     """Whether a ``process_result`` implementation is registered (a stream's text may then change at the end)."""
     return bool(plugins.get_plugin_manager().hook.process_result.get_hookimpls())
-
-
-def _prepare_each(prepare: Callable[[T], R], items: list[T]) -> list[tuple[R, float]]:
-    """What preparing each item gave, and how long it took."""
-    done = []
-    for item in items:
-        started = time.perf_counter()
-        done.append((prepare(item), time.perf_counter() - started))
-    return done
-
-
-def _unpacked(chunk: list[T], loading: list[Future[list[tuple[R, float]]]]) -> tuple[list[T], list[R], list[float]]:
-    """A prefetched chunk once loaded (share ``i`` held items ``i, i + shares, ...``): its items,
-    what preparing each gave, and how long each took."""
-    shares = [future.result() for future in loading]
-    done = [shares[i % len(shares)][i // len(shares)] for i in range(len(chunk))]
-    return chunk, [outcome for outcome, _ in done], [seconds for _, seconds in done]
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a container's or a job's cpuset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-def _raise_first_error(prepared: list[Any]) -> None:
-    """Raise the error of the first item that failed to load (calls that report a bad image as its
-    own exception rather than as a failed result)."""
-    for outcome in prepared:
-        if isinstance(outcome, Blip2Error):
-            raise outcome
 
 
 def _find_adapter(loaded: models.LoadedModel, adapter: Any) -> str:
