@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import Blip2Error, ImageError, ModelLoadError, OptionError, PluginError
 from .hookspecs import hookimpl
-from .types import AdapterVersion, ImageLimits, ImageSource, ModelPreset, Result, ServingAdapter
+from .types import AdapterVersion, ImageLimits, ImageSource, ModelPreset, Result, ServeCommand
 
 if TYPE_CHECKING:
     from .chat import Conversation
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdapterVersion", "Blip2Error", "Conversation", "Host", "ImageError", "ImageLimits", "ImageSource",
-    "ModelLoadError", "ModelPreset", "OptionError", "PluginError", "Result", "ServingAdapter", "hookimpl",
+    "ModelLoadError", "ModelPreset", "OptionError", "PluginError", "Result", "ServeCommand", "hookimpl",
     "load_image",
 ]
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import quiet
 from .errors import Blip2Error
-from .plugins import call_hook, plugin_info, serving_adapters
+from .plugins import call_hook, plugin_info, serve_commands
 
 
 class PluginGroup(click.Group):
@@ -31,21 +31,21 @@ class PluginGroup(click.Group):
 
 
 class ServeGroup(PluginGroup):
-    """``blip2 serve``: one subcommand per registered serving adapter, looked up when asked for."""
+    """``blip2 serve``: one subcommand per registered serve command, looked up when asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(serving_adapters())
+        return sorted(serve_commands())
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        adapter = serving_adapters().get(cmd_name)
-        return adapter.command if adapter else None
+        served = serve_commands().get(cmd_name)
+        return served.command if served else None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        adapters = sorted(serving_adapters().items())
-        limit = formatter.width - 6 - max((len(name) for name, _ in adapters), default=0)
-        rows = [(name, a.description or a.command.get_short_help_str(limit)) for name, a in adapters]
-        with formatter.section("Adapters"):
-            formatter.write_dl(rows or [("(none)", "no plugin registers a serving adapter")])
+        served = sorted(serve_commands().items())
+        limit = formatter.width - 6 - max((len(name) for name, _ in served), default=0)
+        rows = [(name, s.description or s.command.get_short_help_str(limit)) for name, s in served]
+        with formatter.section("Servers"):
+            formatter.write_dl(rows or [("(none)", "no plugin registers a serve command")])
 
 
 def build_cli() -> click.Group:
@@ -68,7 +68,7 @@ def build_cli() -> click.Group:
 
     @cli.group(cls=ServeGroup)
     def serve() -> None:
-        """Serve the model to other programs (one subcommand per serving adapter)."""
+        """Serve the model to other programs (each subcommand comes from a plugin's serve command)."""
 
     call_hook("register_commands", cli=cli, allow_broken=True)
     return cli

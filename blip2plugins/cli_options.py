@@ -4,6 +4,7 @@ these too, so an option means the same everywhere."""
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -122,6 +123,44 @@ generation_options = options(
     click.option("--no-repeat-ngram-size", type=Whole(), help="Never repeat an n-gram of this size."),
     click.option("--seed", type=Whole(), help="Random seed, for reproducible sampling."),
 )
+
+
+#: Every host option a command-line flag sets -> the flag (``n`` is ``--num-captions``).
+_FLAGS = {**GENERATION_FLAGS, "n": "--num-captions"}
+
+
+def generation_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Take the :data:`generation_options` out of a command's ``params``: those the user gave (the
+    others keep the model preset's defaults)."""
+    given = {name: params.pop(name) for name in GENERATION_FLAGS}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def check_generation(model: str, values: dict[str, Any]) -> None:
+    """Validate generation options (over ``model``'s preset defaults) before the slow model load;
+    raises a click usage error that names the flag."""
+    from .errors import OptionError
+    from .generation import GenerationOptions
+    from .plugins import model_presets
+
+    preset = model_presets().get(model)
+    try:
+        GenerationOptions.from_kwargs(values, preset.defaults if preset else None)
+    except OptionError as exc:
+        raise _usage_error(str(exc)) from None
+
+
+def _usage_error(message: str) -> click.UsageError:
+    """An option error in command-line terms, naming the first flag it mentions."""
+    message = message.replace("do_sample=True", "--sample")
+    mentioned = sorted((match.start(), flag) for name, flag in _FLAGS.items()
+                       if (match := re.search(rf"\b{name}\b", message)))
+    for name, flag in _FLAGS.items():
+        message = re.sub(rf"\b{name}\b", flag, message)
+    if not mentioned:
+        return click.UsageError(message)
+    flag = mentioned[0][1]
+    return click.BadParameter(message.replace(f"{flag} must ", "must ", 1), param_hint=f"'{flag}'")
 
 
 def load_host(model: str, adapter: str | None, device: str, dtype: str, quantize: str | None, *,

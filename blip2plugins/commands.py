@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import sys
 from collections import deque
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
@@ -16,10 +15,9 @@ import click
 from tqdm import tqdm
 
 from . import cli_options, scaffold
-from .cli_options import (DEMO_MODEL, GENERATION_FLAGS, PROGRESS_THRESHOLD, Whole, generation_options, model_options, one_line,
+from .cli_options import (DEMO_MODEL, PROGRESS_THRESHOLD, Whole, generation_options, model_options, one_line,
                           table)
-from .errors import Blip2Error, ImageError, OptionError
-from .generation import GenerationOptions
+from .errors import Blip2Error, ImageError
 from .hookspecs import hookimpl
 from .images import describe, expand_folders, printable
 from .plugins import model_presets, plugin_info
@@ -28,7 +26,6 @@ from .types import Result
 if TYPE_CHECKING:
     from .host import Host
 
-_FLAGS = {**GENERATION_FLAGS, "n": "--num-captions"}
 _OUTPUT_HELP = """
 
 IMAGE is a path, a folder (its image files, recursively, in sorted order) or a reference an
@@ -54,34 +51,6 @@ output_options = cli_options.options(
                  help=f"Progress bar on stderr.  [default: when more than {PROGRESS_THRESHOLD} images and stderr "
                       "is a terminal]"),
 )
-
-
-def _generation(params: dict[str, Any]) -> dict[str, Any]:
-    """The generation options the user gave (the others keep the model preset's defaults)."""
-    given = {name: params.pop(name) for name in GENERATION_FLAGS}
-    return {name: value for name, value in given.items() if value is not None}
-
-
-def _check_options(model: str, options: dict[str, Any]) -> None:
-    """Validate generation options (over the preset's defaults) before the slow model load."""
-    preset = model_presets().get(model)
-    try:
-        GenerationOptions.from_kwargs(options, preset.defaults if preset else None)
-    except OptionError as exc:
-        raise _option_error(exc) from None
-
-
-def _option_error(exc: OptionError) -> click.UsageError:
-    """An ``OptionError`` as a usage error in command-line terms, naming the first flag it mentions."""
-    message = str(exc).replace("do_sample=True", "--sample")
-    mentioned = sorted((match.start(), flag) for name, flag in _FLAGS.items()
-                       if (match := re.search(rf"\b{name}\b", message)))
-    for name, flag in _FLAGS.items():
-        message = re.sub(rf"\b{name}\b", flag, message)
-    if not mentioned:
-        return click.UsageError(message)
-    flag = mentioned[0][1]
-    return click.BadParameter(message.replace(f"{flag} must ", "must ", 1), param_hint=f"'{flag}'")
 
 
 @dataclasses.dataclass
@@ -182,14 +151,14 @@ def _host_command(function: Callable[..., bool]) -> Callable[..., None]:
     @functools.wraps(function)
     def command(model: str | None, adapter: str | None, device: str, dtype: str, quantize: str | None,
                 fast_preprocess: bool, batch_invariant: bool, **params: Any) -> None:
-        gen = _generation(params)
+        gen = cli_options.generation_values(params)
         if "images" in params:  # before the slow model load, like the options
             params["images"] = _Inputs.of(params["images"], params.pop("files_from"))
         if not model:
             model = DEMO_MODEL
             click.echo("blip2: note: using the bundled demo model, which only knows synthetic shapes; pick another "
                        "with --model NAME or BLIP2_MODEL (`blip2 models` lists them)", err=True)
-        _check_options(model, {**gen, "n": params.get("n", 1)})
+        cli_options.check_generation(model, {**gen, "n": params.get("n", 1)})
         host = cli_options.load_host(model, adapter, device, dtype, quantize, fast_preprocess=fast_preprocess,
                           batch_invariant=batch_invariant)
         try:

@@ -20,7 +20,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .types import AdapterVersion, ImageSource, ModelPreset, Result, ServingAdapter
+    from .types import AdapterVersion, ImageSource, ModelPreset, Result, ServeCommand
 
 PROJECT = "blip2plugins"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -52,10 +52,10 @@ def register_commands(cli: click.Group) -> None:
 
 
 @hookspec
-def register_adapters(register: Callable[[ServingAdapter], None]) -> None:
-    """Add serving adapters: call ``register(ServingAdapter(name, command))``.
+def register_serve_commands(register: Callable[[ServeCommand], None]) -> None:
+    """Add serve commands: call ``register(ServeCommand(name, command))``.
 
-    ``blip2 serve NAME`` runs the adapter's click command; ``blip2 serve --help`` lists them.
+    ``blip2 serve NAME`` runs its click command; ``blip2 serve --help`` lists them.
     """
 
 

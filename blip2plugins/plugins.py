@@ -28,7 +28,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .types import AdapterVersion, ImageSource, ModelPreset, Result, ServingAdapter
+from .types import AdapterVersion, ImageSource, ModelPreset, Result, ServeCommand
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = hookspecs.PROJECT
@@ -70,7 +70,7 @@ _skipped: dict[str, tuple[str | None, str]] = {}
 _collected: dict[str, list[tuple[str, list[Any]]]] = {}
 #: What each register_* hook's ``register`` callback takes.
 _REGISTERS = {"register_models": ModelPreset, "register_image_sources": ImageSource,
-              "register_adapters": ServingAdapter}
+              "register_serve_commands": ServeCommand}
 
 
 def _names(variable: str) -> set[str] | None:
@@ -273,9 +273,9 @@ def image_sources() -> list[ImageSource]:
     return [source for _, sources in _collect("register_image_sources") for source in sources]
 
 
-def serving_adapters() -> dict[str, ServingAdapter]:
-    """Every serving adapter by name; a later registration of a name replaces an earlier one."""
-    return {adapter.name: adapter for adapter in _by_name("register_adapters")}
+def serve_commands() -> dict[str, ServeCommand]:
+    """Every serve command by name; a later registration of a name replaces an earlier one."""
+    return {command.name: command for command in _by_name("register_serve_commands")}
 
 
 def process_result(task: str, result: Result) -> Result:

@@ -1,4 +1,4 @@
-"""Plain data types shared by the host, the hooks and the adapters."""
+"""Plain data types shared by the host, the hooks and the integrations."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class ModelPreset:
 
 
 @dataclass(frozen=True)
-class ServingAdapter:
+class ServeCommand:
     """A way to serve the host to other programs (Label Studio, an HTTP API...).
 
     ``command`` is a click command; ``blip2 serve <name>`` runs it.

@@ -1,9 +1,19 @@
-"""Fixtures shared by every test: tiny BLIP-2 checkpoints of both LM families, built in-process."""
+"""Fixtures shared by every test: tiny BLIP-2 checkpoints of both LM families, built in-process.
+
+Tests see the core's default plugins only, whatever else is installed in the environment: an
+installed integration or third-party plugin must not change what they test, nor the ``blip2``
+processes they start (``BLIP2_PLUGINS=""``, inherited). A test that needs entry-point plugins asks
+for them with ``@pytest.mark.plugins("label-studio", ...)``; the tests of ``adapters/`` ask for their
+integration (:data:`INTEGRATION_TESTS`).
+"""
 
 from __future__ import annotations
 
+import os
+from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from types import SimpleNamespace
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -12,6 +22,32 @@ from blip2plugins import plugins
 from blip2plugins.building import ModelSpec, build
 
 torch.set_num_threads(2)
+
+os.environ[plugins.ENV_ALLOW] = ""
+os.environ.pop(plugins.ENV_BLOCK, None)
+#: Test folders whose every test loads an integration, by folder (relative to ``tests/``).
+INTEGRATION_TESTS = {"adapters/label_studio": ("label-studio",), "adapters/langchain": ("langchain",)}
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for folder, names in INTEGRATION_TESTS.items():
+            if (HERE / folder) in item.path.parents:
+                item.add_marker(pytest.mark.plugins(*names))
+
+
+@pytest.fixture(autouse=True)
+def entry_point_plugins(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Loads the entry-point plugins a ``plugins`` marker names, for that test only."""
+    marker = request.node.get_closest_marker("plugins")
+    if marker is None:
+        yield
+        return
+    monkeypatch.setenv(plugins.ENV_ALLOW, ",".join(marker.args))
+    plugins.reset()
+    yield
+    plugins.reset()
 
 CORPUS = [
     "a red circle and a blue square", "a green triangle", "a yellow square and a red triangle",
@@ -51,12 +87,21 @@ def tiny_checkpoint(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A freshly built plugin manager, without allow/block lists from the environment; none left behind."""
+def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
+    """A freshly built plugin manager, without allow/block lists in the environment, that sees no
+    installed distribution's entry points but those whose names the test adds to the returned set;
+    none left behind."""
+    visible: set[str] = set()
+
+    def entry_points(**selection: Any) -> metadata.EntryPoints:
+        return metadata.EntryPoints(point for point in metadata.entry_points(**selection)
+                                    if point.dist is not None and point.dist.name in visible)
+
+    monkeypatch.setattr(plugins, "metadata", SimpleNamespace(entry_points=entry_points))
     monkeypatch.delenv(plugins.ENV_ALLOW, raising=False)
     monkeypatch.delenv(plugins.ENV_BLOCK, raising=False)
     plugins.reset()
-    yield
+    yield visible
     plugins.reset()
 
 

@@ -69,7 +69,8 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
         recipe = folder / "recipe.json"
         recipe.write_text(json.dumps({"train": {"method": "lora", "steps": 1, "batch_size": 4, "warmup": 0}, "eval_split": 0.25}))
         port, log = free_port(), folder / "backend.log"
-        env = {"LABEL_STUDIO_API_KEY": fake.key, "BLIP2_ADAPTER_STORE": str(folder / "store"), "OMP_NUM_THREADS": "1",
+        env = {"BLIP2_PLUGINS": "label-studio", "LABEL_STUDIO_API_KEY": fake.key,
+               "BLIP2_ADAPTER_STORE": str(folder / "store"), "OMP_NUM_THREADS": "1",
                "BASIC_AUTH_USER": "", "BASIC_AUTH_PASS": ""}
         process = start([sys.executable, "-m", "blip2plugins.cli", "serve", "label-studio", "--port", str(port),
                          "--model-dir", str(folder / "model-dir"), "--label-studio-url", fake.url, "--max-body-mb", "2",

@@ -127,7 +127,7 @@ def test_every_field_of_a_public_type_is_documented(cls: type) -> None:
 
 def test_the_public_types_are_the_exported_dataclasses() -> None:
     names = {cls.__name__ for cls in PUBLIC_TYPES}
-    assert names == {"AdapterVersion", "ImageLimits", "ImageSource", "ModelPreset", "Result", "ServingAdapter"}
+    assert names == {"AdapterVersion", "ImageLimits", "ImageSource", "ModelPreset", "Result", "ServeCommand"}
 
 
 @pytest.mark.parametrize(("ref", "claimed"), [

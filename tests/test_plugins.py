@@ -23,7 +23,7 @@ from blip2plugins.cli import build_cli
 from blip2plugins.errors import ImageError, PluginError
 from blip2plugins.hookspecs import hookimpl
 from blip2plugins.images import load_image
-from blip2plugins.types import AdapterVersion, ImageSource, ModelPreset, Result, ServingAdapter
+from blip2plugins.types import AdapterVersion, ImageSource, ModelPreset, Result, ServeCommand
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "blip2-example-plugin"
@@ -44,13 +44,15 @@ def write_distribution(folder: Path, dist: str, entry_point: str, source: str, v
 
 
 @pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
-    """``site(dist, entry_point, source)``: a distribution on ``sys.path``, found through entry points."""
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_plugins: set[str]) -> Iterator[Callable[..., str]]:
+    """``site(dist, entry_point, source)``: a distribution on ``sys.path``, found through entry points
+    (the only one the plugin manager sees, with the others the test adds)."""
     monkeypatch.syspath_prepend(str(tmp_path))
     modules: list[str] = []
 
     def add(dist: str, entry_point: str, source: str, version: str = "1.2.3") -> str:
         modules.append(write_distribution(tmp_path, dist, entry_point, source, version))
+        fresh_plugins.add(dist)
         return modules[-1]
 
     yield add
@@ -310,19 +312,19 @@ def test_hook_process_result_tryfirst_and_failed_items() -> None:
     assert calls == []
 
 
-def test_hook_register_adapters_reach_blip2_serve() -> None:
+def test_hook_register_serve_commands_reach_blip2_serve() -> None:
     @click.command()
     @click.option("--port", type=int, default=1)
     def echo(port: int) -> None:
         """Echo server."""
         click.echo(f"serving on {port}")
 
-    plugins.register_plugin(plugin(register_adapters=lambda register: register(
-        ServingAdapter("echo", echo, "An echo adapter for tests"))), name="echo")
+    plugins.register_plugin(plugin(register_serve_commands=lambda register: register(
+        ServeCommand("echo", echo, "An echo server for tests"))), name="echo")
     runner = CliRunner()
     listed = runner.invoke(build_cli(), ["serve", "--help"])
     assert listed.exit_code == 0
-    assert "echo" in listed.output and "An echo adapter for tests" in listed.output
+    assert "echo" in listed.output and "An echo server for tests" in listed.output
     served = runner.invoke(build_cli(), ["serve", "echo", "--port", "8123"])
     assert (served.exit_code, served.output) == (0, "serving on 8123\n")
     assert runner.invoke(build_cli(), ["serve", "nope"]).exit_code == 2
@@ -391,12 +393,12 @@ def test_a_register_hook_that_raises_is_named_with_how_to_skip_it() -> None:
 @pytest.mark.parametrize("hook, item", [
     ("register_models", {"name": "x"}),
     ("register_image_sources", ("s3", None)),
-    ("register_adapters", "serve-me"),
+    ("register_serve_commands", "serve-me"),
 ])
 def test_registering_the_wrong_type_is_refused_naming_the_plugin(hook: str, item: object) -> None:
     plugins.register_plugin(plugin(**{hook: lambda register: register(item)}), name="sloppy")
     lookup = {"register_models": plugins.model_presets, "register_image_sources": plugins.image_sources,
-              "register_adapters": plugins.serving_adapters}[hook]
+              "register_serve_commands": plugins.serve_commands}[hook]
     with pytest.raises(PluginError, match=rf"plugin 'sloppy' registered .* in {hook}; expected a"):
         lookup()
 

@@ -1,15 +1,15 @@
-"""The entry-point plugin: registers the ``label-studio`` serving adapter (``blip2 serve label-studio``)."""
+"""The entry-point plugin: registers the ``label-studio`` serve command (``blip2 serve label-studio``)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
-from blip2plugins import ServingAdapter, hookimpl
+from blip2plugins import ServeCommand, hookimpl
 
 
 @hookimpl
-def register_adapters(register: Callable[[ServingAdapter], None]) -> None:
+def register_serve_commands(register: Callable[[ServeCommand], None]) -> None:
     from .cli import serve
 
-    register(ServingAdapter("label-studio", serve, "Label Studio ML backend: pre-annotated captions, "
+    register(ServeCommand("label-studio", serve, "Label Studio ML backend: pre-annotated captions, "
                                                    "LoRA retrained from accepted labels"))

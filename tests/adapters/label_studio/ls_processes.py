@@ -28,9 +28,9 @@ def start(args: list[str], log: Path, env: Mapping[str, str] | None = None) -> s
 
 
 def start_backend(port: int, log: Path, env: Mapping[str, str], *options: str) -> subprocess.Popen[bytes]:
-    """``blip2 serve label-studio`` on ``port``."""
+    """``blip2 serve label-studio`` on ``port`` (with the integration loaded, whatever the test's plugins)."""
     return start([sys.executable, "-m", "blip2plugins.cli", "serve", "label-studio", "--port", str(port), *options],
-                 log, env)
+                 log, {"BLIP2_PLUGINS": "label-studio", **env})
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float, **checks: Any) -> httpx.Response:

@@ -119,9 +119,9 @@ def test_the_plugin_registers_blip2_serve_label_studio(tmp_path) -> None:
     from click.testing import CliRunner
 
     from blip2plugins.cli import build_cli
-    from blip2plugins.plugins import serving_adapters
+    from blip2plugins.plugins import serve_commands
 
-    assert "label-studio" in serving_adapters()
+    assert "label-studio" in serve_commands()
     runner = CliRunner()
     listed = runner.invoke(build_cli(), ["serve", "--help"])
     assert "label-studio" in listed.output

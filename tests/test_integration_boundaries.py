@@ -1,4 +1,4 @@
-"""The built-in adapters reach the core only through its public API, as a third party's would."""
+"""The integrations in ``adapters/`` reach the core only through its public API, as a third party's would."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "adapters").glob("*/blip2plugins_*/**/*.py"))
-#: Core functions that take the host's private ``LoadedModel``: adapters use Host methods instead.
+#: Core functions that take the host's private ``LoadedModel``: integrations use Host methods instead.
 LOADED_MODEL_FUNCTIONS = {"render_chat", "fit_chat", "room_for_prompt", "load", "attach_adapter", "detach_adapter"}
 
 
@@ -39,7 +39,7 @@ def _is_host(node: ast.expr) -> bool:
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: str(p.relative_to(ROOT / "adapters")))
-def test_adapters_use_only_the_public_host_api(source: Path) -> None:
+def test_integrations_use_only_the_public_host_api(source: Path) -> None:
     assert _problems(source) == []
 
 
@@ -51,7 +51,7 @@ def test_the_check_finds_what_it_looks_for(tmp_path: Path) -> None:
         "line 1: imports the private blip2plugins.commands._load_host",
         "line 2: imports blip2plugins.prompts.fit_chat, which takes the host's LoadedModel",
         "line 4: reads a Host's private .loaded", "line 5: reads a Host's private .loaded"]
-    assert SOURCES, "no adapter sources found"
+    assert SOURCES, "no integration sources found"
 
 
 def _sibling_imports(source: Path) -> set[str]:
@@ -68,7 +68,7 @@ def _sibling_imports(source: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("package", sorted({source.parent for source in SOURCES}), ids=lambda p: p.name)
-def test_an_adapters_modules_import_each_other_one_way(package: Path) -> None:
+def test_an_integrations_modules_import_each_other_one_way(package: Path) -> None:
     graph = {source.stem: _sibling_imports(source) for source in package.glob("*.py")}
     visiting: list[str] = []
     done: set[str] = set()
@@ -89,7 +89,7 @@ def test_an_adapters_modules_import_each_other_one_way(package: Path) -> None:
 
 @pytest.mark.parametrize("source", sorted((ROOT / "blip2plugins").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_modules_import_no_private_names_of_each_other(source: Path) -> None:
-    """A name another module needs is public (documented), as in the adapters."""
+    """A name another module needs is public (documented), as in the integrations."""
     tree = ast.parse(source.read_text())
     private = [f"line {node.lineno}: {alias.name}" for node in ast.walk(tree)
                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("blip2plugins"))
