@@ -43,6 +43,7 @@ if [ "$project" = 1 ]; then
   pip_install .venv/bin/python -e ".[test,quantization]"
   pip_install .venv/bin/python -e "adapters/langchain[test]"
   pip_install .venv/bin/python -e "adapters/label-studio[test]"
+  pip_install .venv/bin/python -e "adapters/ray[test]"
 fi
 
 # cached_venv DIR STAMP WHAT PIP_ARGS...: make the virtual environment DIR with PIP_ARGS installed, once; it is

@@ -26,7 +26,8 @@ torch.set_num_threads(2)
 os.environ[plugins.ENV_ALLOW] = ""
 os.environ.pop(plugins.ENV_BLOCK, None)
 #: Test folders whose every test loads an integration, by folder (relative to ``tests/``).
-INTEGRATION_TESTS = {"adapters/label_studio": ("label-studio",), "adapters/langchain": ("langchain",)}
+INTEGRATION_TESTS = {"adapters/label_studio": ("label-studio",), "adapters/langchain": ("langchain",),
+                     "adapters/ray": ("ray",)}
 HERE = Path(__file__).resolve().parent
 
 

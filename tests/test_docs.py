@@ -17,10 +17,11 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
     documents the built-in integrations' commands too."""
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1", "BLIP2_PLUGINS": "label-studio,langchain"})
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1", "BLIP2_PLUGINS": "label-studio,langchain,ray"})
     assert done.returncode == 0, done.stderr[-3000:]
     reference = (tmp_path / "cli" / "index.html").read_text(encoding="utf-8")
-    for command in ("blip2 caption", "blip2 ask", "blip2 index search", "blip2 train", "blip2 serve label-studio"):
+    for command in ("blip2 caption", "blip2 ask", "blip2 index search", "blip2 train", "blip2 serve label-studio",
+                    "blip2 ray caption"):
         assert f"Usage: {command} [OPTIONS]" in reference  # generated from the commands themselves
     assert "blip2plugins.host.Host.render_chat" in (tmp_path / "api" / "index.html").read_text(encoding="utf-8")
     home = (tmp_path / "index.html").read_text(encoding="utf-8")
