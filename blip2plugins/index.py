@@ -1,10 +1,10 @@
 """A persisted image index for BLIP-2 retrieval: find images by text (ITC) or by image (pooled cosine).
 
-Search is exhaustive inner product with `FAISS <https://github.com/facebookresearch/faiss>`_
-(``pip install 'blip2plugins[index]'``): a well-kept library whose flat index is exact and fast
-enough at this scale (100k vectors of the demo's size: under a millisecond on one core), that keeps
-our ids and removes by id, and whose index factory offers IVF or HNSW for larger collections
-without changing the file format.
+Search uses `FAISS <https://github.com/facebookresearch/faiss>`_ (``pip install 'blip2plugins[index]'``):
+a well-kept library that keeps our ids and removes by id. By default the search is exhaustive and
+exact (100k vectors of the demo's size: under a millisecond on one core); for large collections the
+text-search side can be an approximate IVF-PQ or HNSW index, or any FAISS factory string
+(:mod:`blip2plugins.index_kinds`), in the same file format.
 
 Two FAISS indexes, one file:
 
@@ -16,7 +16,8 @@ Two FAISS indexes, one file:
 
 File format (version 1): ``MAGIC``, the format version (uint32), the header's length (uint64) and
 its SHA-256, the header (UTF-8 JSON: model name and version, ``dim``, ``queries``, times, the
-sources with their ids, and the payload's sizes and SHA-256), then the payload: the two indexes as
+sources with their ids, the text-search index's FAISS ``factory`` string, and the payload's sizes and
+SHA-256), then the payload: the two indexes as
 ``faiss.serialize_index`` writes them. FAISS's own format keeps the ids (and, for IVF or HNSW,
 trained centroids or graphs) so loading rebuilds nothing, and FAISS keeps reading files of its older
 versions.
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from . import jsonfile
+from . import index_kinds, jsonfile
 from .errors import ImageError, IndexFileError, OptionError
 from .files import exclusive_lock, remove_stale_temps, sibling, write_atomic
 from .images import describe, expand_folders, is_image_file
@@ -135,7 +136,7 @@ class ImageIndex:
 
     def __init__(self, *, model: str, model_version: str, dim: int, queries: int, created: str, updated: str,
                  vectors: Any, pooled: Any, ids: dict[str, int], next_id: int, path: Path | None = None,
-                 model_source: str = "") -> None:
+                 model_source: str = "", factory: str = "Flat") -> None:
         self.model = model
         self.model_version = model_version
         self.model_source = model_source  # where the model loads from (hub id or folder), when known
@@ -143,6 +144,7 @@ class ImageIndex:
         self.queries = queries
         self.created = created
         self.updated = updated
+        self.factory = factory  # FAISS factory string of the per-query (text search) index
         self.path = path  # where it was loaded from or last saved to: named in error messages
         self._vectors = vectors  # per-query vectors, id image_id * queries + q
         self._pooled = pooled  # one pooled vector per image, id image_id
@@ -152,14 +154,18 @@ class ImageIndex:
         self._lock = threading.RLock()
 
     @classmethod
-    def create(cls, model: str, model_version: str, dim: int, queries: int, *, model_source: str = "") -> ImageIndex:
+    def create(cls, model: str, model_version: str, dim: int, queries: int, *, model_source: str = "",
+               factory: str = "Flat") -> ImageIndex:
         """An empty index for embeddings of ``model`` (``model_version``, loaded from ``model_source``):
-        ``queries`` vectors of ``dim`` per image."""
+        ``queries`` vectors of ``dim`` per image, searched by text in a FAISS index of ``factory``
+        (:func:`blip2plugins.index_kinds.factory_for` makes one; an approximate kind must be
+        :meth:`train`-ed before the first :meth:`add`)."""
         if dim < 1 or queries < 1:
             raise OptionError(f"an index needs dim >= 1 and queries >= 1, got dim={dim}, queries={queries}")
         now = _now()
         return cls(model=model, model_version=model_version, dim=dim, queries=queries, created=now, updated=now,
-                   vectors=_flat(dim), pooled=_flat(dim), ids={}, next_id=0, model_source=model_source)
+                   vectors=index_kinds.make(dim, factory), pooled=_flat(dim), ids={}, next_id=0,
+                   model_source=model_source, factory=factory)
 
     # -- contents ---------------------------------------------------------------------------------
 
@@ -178,8 +184,26 @@ class ImageIndex:
     def metadata(self) -> dict[str, Any]:
         """Model name, version and source, ``dim``, ``queries``, ``count``, ``created`` and ``updated`` (ISO 8601 UTC)."""
         return {"model": self.model, "model_version": self.model_version, "model_source": self.model_source,
-                "dim": self.dim, "queries": self.queries,
+                "dim": self.dim, "queries": self.queries, "factory": self.factory,
                 "count": len(self), "created": self.created, "updated": self.updated}
+
+    @property
+    def training_size(self) -> int:
+        """How many per-query vectors :meth:`train` wants before the first add (0: none)."""
+        return index_kinds.training_size(self._vectors)
+
+    def train(self, vectors: Any) -> None:
+        """Train an approximate text-search index on a sample of per-query vectors ``(n, dim)``."""
+        sample = _array(vectors, "the training vectors")
+        if sample.ndim != 2 or sample.shape[1] != self.dim:
+            raise IndexFileError(f"training vectors have shape {tuple(sample.shape)}, expected (n, {self.dim})")
+        with self._lock:
+            try:
+                self._vectors.train(sample)
+            except RuntimeError as exc:  # FAISS: too few vectors for its cells or codebooks
+                raise IndexFileError(f"a {self.factory} index cannot be trained on {len(sample)} vectors "
+                                     f"({' '.join(str(exc).split())[:160]}); for a small collection use the flat "
+                                     "kind") from None
 
     def check_model(self, model: str, model_version: str) -> None:
         """Refuse embeddings of another model (or another version of it): they are not comparable."""
@@ -202,6 +226,9 @@ class ImageIndex:
             latest[source] = self._arrays(embedding)
         if not latest:
             return
+        if not self._vectors.is_trained:
+            raise IndexFileError(f"{self._label()} ({self.factory}) must be trained on a sample of vectors before "
+                                 "images are added")
         with self._lock:
             self._drop([source for source in latest if source in self._ids])
             first = self._next_id
@@ -349,7 +376,8 @@ class ImageIndex:
             index = cls(model=header["model"], model_version=header["model_version"], dim=header["dim"],
                         queries=header["queries"], created=header["created"], updated=header["updated"],
                         vectors=vectors, pooled=pooled, ids=dict(zip(header["sources"], header["ids"])),
-                        next_id=header["next_id"], path=path, model_source=header.get("model_source", ""))
+                        next_id=header["next_id"], path=path, model_source=header.get("model_source", ""),
+                        factory=header.get("factory", "Flat"))
         except RuntimeError as exc:  # FAISS's errors
             raise fail(f"corrupt: {' '.join(str(exc).split())[:300]}") from None
         problem = index._inconsistency(len(header["sources"]), len(header["ids"]))
@@ -401,11 +429,15 @@ class ImageIndex:
     def _drop(self, sources: list[str]) -> None:
         if not sources:
             return
-        image_ids = np.array([self._ids.pop(source) for source in sources], dtype=np.int64)
-        for image_id in image_ids.tolist():
-            del self._sources[image_id]
+        image_ids = np.array([self._ids[source] for source in sources], dtype=np.int64)
+        try:
+            self._vectors.remove_ids((image_ids[:, None] * self.queries + np.arange(self.queries, dtype=np.int64)).reshape(-1))
+        except RuntimeError:  # FAISS: this kind cannot remove (HNSW); nothing was removed
+            raise IndexFileError(f"{self._label()} ({self.factory}) cannot remove or replace images: rebuild it "
+                                 "without them") from None
         self._pooled.remove_ids(image_ids)
-        self._vectors.remove_ids((image_ids[:, None] * self.queries + np.arange(self.queries, dtype=np.int64)).reshape(-1))
+        for source, image_id in zip(sources, image_ids.tolist()):
+            del self._ids[source], self._sources[image_id]
 
     def _query(self, vector: Any, what: str) -> np.ndarray:
         query = _array(vector, f"the {what}")
@@ -459,8 +491,9 @@ def _header_problem(header: Any) -> str | None:
     for key in ("model", "model_version", "created", "updated"):
         if not isinstance(header.get(key), str):
             return f"{key!r} is not a string"
-    if not isinstance(header.get("model_source", ""), str):
-        return "'model_source' is not a string"
+    for key in ("model_source", "factory"):
+        if not isinstance(header.get(key, ""), str):
+            return f"{key!r} is not a string"
     for key in ("dim", "queries"):
         if not _whole(header.get(key), 1, _MAX_DIM):
             return f"{key!r} is not a whole number from 1 to {_MAX_DIM:,}"
@@ -495,11 +528,29 @@ def image_files(sources: Iterable[str]) -> tuple[list[str], list[tuple[str, str]
     return list(dict.fromkeys(os.path.abspath(ref) if os.path.isfile(ref) else ref for ref in refs)), empty
 
 
-def build_index(host: Host, sources: Iterable[str], *, batch_size: int | None = None,
+def build_index(host: Host, sources: Iterable[str], *, batch_size: int | None = None, kind: str = "flat",
                 progress: bool = True) -> tuple[ImageIndex, IndexReport]:
     """Index the images of ``sources`` (folders, walked recursively, and image references) with the
-    host's retrieval model. Bad or missing images are reported in the :class:`IndexReport`, the
-    others indexed."""
+    host's retrieval model, in an index of ``kind`` (see :mod:`blip2plugins.index_kinds`). Bad or
+    missing images are reported in the :class:`IndexReport`, the others indexed. An approximate kind
+    is trained on the images' own vectors, so it embeds them all before adding any."""
+    if kind != "flat":
+        refs, failed = image_files(sources)
+        embedded = [e for _, chunk in _embedded(host, refs, batch_size or host.max_batch_size) for e in chunk]
+        sample = np.concatenate([_array(e.queries, "an embedding") for e in embedded if e.ok] or
+                                [np.zeros((0, host.embedding_dim), np.float32)])
+        index = ImageIndex.create(host.retrieval_name, host.retrieval_version, host.embedding_dim,
+                                  host.num_query_tokens, model_source=host.retrieval_source,
+                                  factory=index_kinds.factory_for(kind, host.embedding_dim, len(sample)))
+        if index.training_size:
+            index.train(sample)
+        report = IndexReport(failed=failed)
+        good = [dataclasses.replace(e, source=ref) for ref, e in zip(refs, embedded) if e.ok]
+        report.failed += [(ref, (e.error or "failed").removeprefix(f"{describe(ref)}: "))
+                          for ref, e in zip(refs, embedded) if not e.ok]
+        index.add(good)
+        report.added += [ref for ref, e in zip(refs, embedded) if e.ok]
+        return index, report
     index = ImageIndex.create(host.retrieval_name, host.retrieval_version, host.embedding_dim, host.num_query_tokens,
                               model_source=host.retrieval_source)
     return index, add_images(host, index, sources, batch_size=batch_size, progress=progress)

@@ -136,22 +136,38 @@ def index_group() -> None:
 @click.option("--out", "-o", "out", type=index_path, required=True, help="Index file to write (replaced atomically).")
 @click.option("--model", envvar="BLIP2_MODEL", show_envvar=True, metavar="NAME|PATH",
               help="Model whose retrieval head embeds the images.  [default: demo]")
+@click.option("--kind", default="flat", show_default=True, metavar="flat|ivf-pq|hnsw|FACTORY",
+              help="Text-search index: exact (flat), approximate for large collections (ivf-pq, hnsw), or a FAISS "
+                   "index factory string.")
+@click.option("--from-embeddings", is_flag=True,
+              help="Each SOURCE is a folder or .parquet shard of `blip2 ray embed` output: index those embeddings "
+                   "(no model loads).")
 @device_options
 @embed_options
-def build(sources: tuple[str, ...], out: Path, model: str | None, device: str, dtype: str, batch_size: int | None,
-          progress: bool | None, as_json: bool) -> None:
+def build(sources: tuple[str, ...], out: Path, model: str | None, kind: str, from_embeddings: bool, device: str,
+          dtype: str, batch_size: int | None, progress: bool | None, as_json: bool) -> None:
     """Index the images of each SOURCE (a folder, searched recursively, or an image) into --out.
 
     An image that fails prints `blip2: SOURCE: reason` on stderr, the others are indexed, and the
     exit status is 1. Nothing is written when no image could be indexed.
     """
     index_module = _index()
+    if from_embeddings:
+        from .embedding_shards import build_from_shards
+
+        with one_line_errors(Blip2Error, OSError):
+            index, report = build_from_shards(sources, kind=kind)
+            with index_module.locked(out):
+                index.save(out)
+        if not _report(out, index, report, as_json):
+            sys.exit(1)
+        return
     if not model:
         model = DEMO_MODEL
         click.echo(_DEMO_NOTE, err=True)
 
     def work(host: Host) -> bool:
-        index, report = index_module.build_index(host, sources, batch_size=batch_size,
+        index, report = index_module.build_index(host, sources, batch_size=batch_size, kind=kind,
                                                  progress=_show_progress(progress, sources))
         if not len(index):
             _failures(report)

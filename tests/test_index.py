@@ -304,7 +304,7 @@ def test_build_reports_bad_images_and_indexes_the_rest(host, folder: Path, built
     assert "file not found" in reasons[str(folder / "missing.png")]
     assert index.metadata() | {"created": "", "updated": ""} == {
         "model": host.retrieval_name, "model_version": host.retrieval_version, "model_source": host.retrieval_source,
-        "dim": host.embedding_dim, "queries": host.num_query_tokens, "count": 7, "created": "", "updated": ""}
+        "dim": host.embedding_dim, "queries": host.num_query_tokens, "factory": "Flat", "count": 7, "created": "", "updated": ""}
 
 
 def test_text_search_equals_host_similarity(host, built) -> None:

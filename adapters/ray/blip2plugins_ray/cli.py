@@ -114,5 +114,5 @@ def ask(question: str, **params: Any) -> None:
 @job_options
 def embed(**params: Any) -> None:
     """Embed every image of SOURCE... with the retrieval model (columns `queries`, Q x D flattened,
-    and `pooled`, D) into Parquet shards."""
+    and `pooled`, D) into Parquet shards; `blip2 index build OUT --from-embeddings` indexes them."""
     _run("embed", params)

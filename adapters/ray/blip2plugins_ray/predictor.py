@@ -21,8 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
-#: What each task adds to a row, besides ``score``, ``model_version``, ``error``, ``seconds`` and ``node``.
-TASK_COLUMNS = {"caption": ("caption",), "ask": ("answer",), "embed": ("queries", "pooled")}
+#: What each task adds to a row, besides ``score``, ``model``, ``model_version``, ``error``, ``seconds``
+#: and ``node``.
+TASK_COLUMNS = {"caption": ("caption",), "ask": ("answer",), "embed": ("queries", "pooled", "model_source")}
 TASKS = tuple(TASK_COLUMNS)
 
 
@@ -69,7 +70,8 @@ class Blip2Predictor:
         if self.task == "embed":
             results: dict[str, list[Any]] = {"queries": [None] * len(refs), "pooled": [None] * len(refs)}
             done = self.host.embed_images(inputs) if inputs else []
-            version = self.host.retrieval_version
+            model, version = self.host.retrieval_name, self.host.retrieval_version
+            results["model_source"] = [self.host.retrieval_source] * len(refs)
         else:
             results = {TASK_COLUMNS[self.task][0]: [None] * len(refs)}
             if not inputs:
@@ -78,7 +80,7 @@ class Blip2Predictor:
                 done = self.host.caption(inputs, prompt=self.prompt, **self.generation)
             else:
                 done = self.host.ask(inputs, self.question, **self.generation)
-            version = self.host.model_version
+            model, version = self.host.name, self.host.model_version
         errors, scores = list(known), [None] * len(refs)
         for i, result in zip(todo, done):
             errors[i] = result.error
@@ -94,7 +96,8 @@ class Blip2Predictor:
         table = batch.drop_columns([name for name in ("data", "error") if name in batch.column_names])
         for name, values in results.items():
             table = table.append_column(name, self._array(name, values))
-        extra = {"score": pa.array(scores, pa.float64()), "model_version": pa.array([version] * len(refs), pa.string()),
+        extra = {"score": pa.array(scores, pa.float64()), "model": pa.array([model] * len(refs), pa.string()),
+                 "model_version": pa.array([version] * len(refs), pa.string()),
                  "error": pa.array(errors, pa.string()), "seconds": pa.array([seconds] * len(refs), pa.float64()),
                  "node": pa.array([self.node] * len(refs), pa.string())}
         for name, array in extra.items():

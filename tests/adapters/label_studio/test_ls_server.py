@@ -134,3 +134,52 @@ def test_the_plugin_registers_blip2_serve_label_studio(tmp_path) -> None:
     assert bad.exit_code == 2 and "not valid JSON" in bad.output
     half = runner.invoke(build_cli(), ["serve", "label-studio"], env={"BASIC_AUTH_USER": "team", "BASIC_AUTH_PASS": ""})
     assert half.exit_code == 2 and "BASIC_AUTH_PASS" in half.output
+
+
+@pytest.mark.slow
+def test_replicas_on_two_ports_sharing_one_store_follow_promotions_and_rollbacks(tmp_path) -> None:
+    """Two backend processes, as behind a load balancer: each on its own port, one adapter store and
+    one model dir (labels, training state) on shared storage. A promotion, and a rollback by hand,
+    reach both on their next request."""
+    from blip2plugins_label_studio import job
+    from blip2plugins_label_studio.labels import Entry, Label, LabelStore
+    from blip2plugins_label_studio.settings import Settings
+
+    store_dir, model_dir = tmp_path / "store", tmp_path / "model-dir"
+    labels = LabelStore(model_dir / "projects" / "1")
+    scenes = scenarios.scenes(9, "ls-replicas", keep=scenarios.has("circle"))
+
+    def label(i: int) -> None:
+        image = "data:image/png;base64," + base64.b64encode(png(scenes[i])).decode()
+        labels.put(Label(i, 100 + i, (Entry("caption", image, (scenarios.team_caption(scenes[i]),)),)))
+
+    for i in range(8):
+        label(i)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"train": {"method": "lora", "steps": 2, "batch_size": 8, "warmup": 1},
+                                  "eval_split": 0.25, "margin": -1}))
+    settings = Settings(model_dir=str(model_dir), adapter_store=str(store_dir), train_config=str(recipe))
+    replicas = []
+    for name in ("a", "b"):
+        port, log = free_port(), tmp_path / f"replica-{name}.log"
+        replicas.append((start_backend(port, log, {"BLIP2_ADAPTER_STORE": str(store_dir)}, "--model-dir",
+                                       str(model_dir)), f"http://127.0.0.1:{port}", log))
+
+    def versions() -> list[str]:
+        return [httpx.post(f"{base}/setup", json=setup_body(), timeout=30).json()["model_version"]
+                for _, base, _ in replicas]
+
+    try:
+        for process, base, log in replicas:
+            wait_for(f"{base}/health", process, log, 180, ready=True)
+        assert versions() == ["demo", "demo"]
+        assert job.run(settings, "1")["status"] == "promoted"
+        assert versions() == ["demo+project-1@v0001"] * 2
+        label(8)  # something new to learn
+        assert job.run(settings, "1")["status"] == "promoted"
+        assert versions() == ["demo+project-1@v0002"] * 2
+        AdapterStore(store_dir).rollback("demo", "project-1")
+        assert versions() == ["demo+project-1@v0001"] * 2
+    finally:
+        for process, _, _ in replicas:
+            stop(process)

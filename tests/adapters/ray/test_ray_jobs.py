@@ -146,3 +146,27 @@ def test_a_model_the_workers_cannot_load_fails_the_job_with_its_reason(ray_clust
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"blip2: the caption job failed: could not load model 'photos0' from {folder}: no config.json")
     assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+def test_an_index_built_from_blip2_ray_embed_searches_like_one_built_from_the_images(ray_cluster: Any, photos: Any,
+                                                                                      tmp_path: Path) -> None:
+    folder, paths = photos
+    embedded = summary(blip2_ray("embed", str(folder), "--out", str(tmp_path / "emb"), "--workers", "2", "--json",
+                                 address=ray_cluster.address))
+    assert (embedded["rows"], embedded["errors"]) == (len(paths), 0)
+
+    def blip2(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "blip2plugins.cli", *args], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    blip2("index", "build", str(tmp_path / "emb"), "--from-embeddings", "--out", str(tmp_path / "ray.idx"))
+    blip2("index", "build", str(folder), "--out", str(tmp_path / "host.idx"))
+    for query in ("a red circle", "a blue square and a green triangle", "a yellow triangle"):
+        from_ray = [json.loads(line) for line in blip2("index", "search", str(tmp_path / "ray.idx"), query, "-k", "5",
+                                                       "--json").splitlines()]
+        from_host = [json.loads(line) for line in blip2("index", "search", str(tmp_path / "host.idx"), query, "-k",
+                                                        "5", "--json").splitlines()]
+        assert [hit["source"] for hit in from_ray] == [hit["source"] for hit in from_host]
+        assert [hit["score"] for hit in from_ray] == pytest.approx([hit["score"] for hit in from_host], abs=1e-5)
