@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -65,15 +66,15 @@ def test_a_500_is_logged_with_its_traceback(tmp_path) -> None:
     assert "NotADirectoryError" in text and SECRETS[2] not in text
 
 
-@pytest.mark.slow
-def test_workers_follow_the_store_current_version(tmp_path) -> None:
-    from blip2plugins_label_studio import job
+def _project(tmp_path, seed: str, shape: str) -> tuple[Any, Callable[[int], None]]:
+    """Settings of a backend with project 1 holding 8 of 9 accepted labels of scenes with ``shape``
+    (a quick LoRA recipe that always promotes), and ``label(i)`` to accept scene i."""
     from blip2plugins_label_studio.labels import Entry, Label, LabelStore
     from blip2plugins_label_studio.settings import Settings
 
     store_dir, model_dir = tmp_path / "store", tmp_path / "model-dir"
     labels = LabelStore(model_dir / "projects" / "1")
-    scenes = scenarios.scenes(9, "ls-workers", keep=scenarios.has("square"))
+    scenes = scenarios.scenes(9, seed, keep=scenarios.has(shape))
 
     def label(i: int) -> None:
         image = "data:image/png;base64," + base64.b64encode(png(scenes[i])).decode()
@@ -84,7 +85,15 @@ def test_workers_follow_the_store_current_version(tmp_path) -> None:
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"train": {"method": "lora", "steps": 2, "batch_size": 8, "warmup": 1},
                                   "eval_split": 0.25, "margin": -1}))
-    settings = Settings(model_dir=str(model_dir), adapter_store=str(store_dir), train_config=str(recipe))
+    return Settings(model_dir=str(model_dir), adapter_store=str(store_dir), train_config=str(recipe)), label
+
+
+@pytest.mark.slow
+def test_workers_follow_the_store_current_version(tmp_path) -> None:
+    from blip2plugins_label_studio import job
+
+    settings, label = _project(tmp_path, "ls-workers", "square")
+    store_dir, model_dir = tmp_path / "store", tmp_path / "model-dir"
     port, log = free_port(), tmp_path / "backend.log"
     process = start_backend(port, log, {"BLIP2_ADAPTER_STORE": str(store_dir)}, "--model-dir", str(model_dir),
                             "--workers", "2")
@@ -142,23 +151,9 @@ def test_replicas_on_two_ports_sharing_one_store_follow_promotions_and_rollbacks
     one model dir (labels, training state) on shared storage. A promotion, and a rollback by hand,
     reach both on their next request."""
     from blip2plugins_label_studio import job
-    from blip2plugins_label_studio.labels import Entry, Label, LabelStore
-    from blip2plugins_label_studio.settings import Settings
 
+    settings, label = _project(tmp_path, "ls-replicas", "circle")
     store_dir, model_dir = tmp_path / "store", tmp_path / "model-dir"
-    labels = LabelStore(model_dir / "projects" / "1")
-    scenes = scenarios.scenes(9, "ls-replicas", keep=scenarios.has("circle"))
-
-    def label(i: int) -> None:
-        image = "data:image/png;base64," + base64.b64encode(png(scenes[i])).decode()
-        labels.put(Label(i, 100 + i, (Entry("caption", image, (scenarios.team_caption(scenes[i]),)),)))
-
-    for i in range(8):
-        label(i)
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"train": {"method": "lora", "steps": 2, "batch_size": 8, "warmup": 1},
-                                  "eval_split": 0.25, "margin": -1}))
-    settings = Settings(model_dir=str(model_dir), adapter_store=str(store_dir), train_config=str(recipe))
     replicas = []
     for name in ("a", "b"):
         port, log = free_port(), tmp_path / f"replica-{name}.log"

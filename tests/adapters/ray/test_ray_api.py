@@ -86,3 +86,21 @@ def test_bad_commands_are_one_line_errors(args: list[str], message: str, tmp_pat
     done = blip2_ray(*[str(tmp_path / "out") if arg == "OUT" else arg for arg in args])
     assert done.returncode in (1, 2) and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_filesystem_uris_are_listed_and_loaded_through_pyarrow(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from blip2plugins.images import load_image
+    from blip2plugins.plugins import image_sources
+
+    (tmp_path / "deep").mkdir()
+    Image.new("RGB", (5, 4), (255, 0, 0)).save(tmp_path / "deep" / "red.png")
+    (tmp_path / "deep" / "rows.jsonl").write_text('{"image": "red.png"}\n')
+    uri = f"file://{tmp_path}"
+    assert plan([uri]) == [Item(f"{uri}/deep/red.png"), Item(f"{uri}/deep/rows.jsonl", True)]
+    assert [row["image"] for row in expand({"ref": f"{uri}/deep/rows.jsonl", "table": True})] == [f"{uri}/deep/red.png"]
+    assert load_image(f"{uri}/deep/red.png").getpixel((0, 0)) == (255, 0, 0)  # the integration's image source
+    assert any(source.name == "pyarrow-filesystems" for source in image_sources())
+    with pytest.raises(OptionError, match=f"SOURCE '{uri}/nothing' does not exist"):
+        plan([f"{uri}/nothing"])
