@@ -104,3 +104,14 @@ def test_filesystem_uris_are_listed_and_loaded_through_pyarrow(tmp_path: Path) -
     assert any(source.name == "pyarrow-filesystems" for source in image_sources())
     with pytest.raises(OptionError, match=f"SOURCE '{uri}/nothing' does not exist"):
         plan([f"{uri}/nothing"])
+
+
+def test_embedding_columns_are_float32_lists_with_nulls_for_failed_rows() -> None:
+    import torch
+
+    from blip2plugins_ray.predictor import _vectors
+
+    rows = [torch.arange(6, dtype=torch.float64).reshape(2, 3), None, torch.ones(2, 3)]
+    column = _vectors(rows, 6)
+    assert str(column.type) == "fixed_size_list<item: float>[6]" and column.null_count == 1
+    assert column.to_pylist() == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], None, [1.0] * 6]
