@@ -9,7 +9,10 @@ telling right captions from wrong ones, and how often a caption scored >= 0.9 is
 Goals (issue "the demo model must know its world"): >= 0.97 captions and VQA at every look,
 R@1 >= 0.95 both ways, >= 0.95 at every chat turn, AUROC >= 0.9.
 
-    python benchmarks/demo_generalization.py [--quick] [--scenes 500]
+    python benchmarks/demo_generalization.py [--quick] [--scenes 500] [--card]
+
+With ``--card`` the figures are also written into both model cards (``blip2plugins/demo/model/README.md``
+and ``retrieval/README.md``), between their "independent painter" markers.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ c.sys.path.insert(0, str(c.ROOT / "tests"))
 from independent import painter  # noqa: E402
 
 from blip2plugins.demo import MODEL_DIR  # noqa: E402
-from blip2plugins.demo.recipe import Picture, evaluate, evaluate_chat, host_fns  # noqa: E402
+from blip2plugins.demo.recipe import CARD_MARKERS, Picture, evaluate, evaluate_chat, host_fns  # noqa: E402
 from blip2plugins.demo.retrieval_recipe import load_retrieval, model_fns, retrieval_recall  # noqa: E402
 from blip2plugins.host import Host  # noqa: E402
 
@@ -54,9 +57,21 @@ def auroc(scores: list[float], right: list[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def write_card_section(card: c.Path, text: str) -> None:
+    """Replace what stands between the painter markers of the model card ``card`` with ``text``."""
+    page = card.read_text()
+    start, end = page.index(CARD_MARKERS[0]) + len(CARD_MARKERS[0]), page.index(CARD_MARKERS[1])
+    card.write_text(page[:start] + "\n" + text.strip() + "\n" + page[end:])
+
+
+def markdown(headers: list[str], rows: list[list]) -> str:
+    return "\n".join(["| " + " | ".join(map(str, r)) + " |" for r in [headers, ["---"] * len(headers), *rows]])
+
+
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--scenes", type=int, default=None, help="painter scenes per measurement (default 500, --quick 60)")
+    p.add_argument("--card", action="store_true", help="write the figures into both model cards")
     args = p.parse_args()
     n = args.scenes or (60 if args.quick else 500)
     c.setup(args, f"demo model on the independent painter: {n} scenes")
@@ -72,8 +87,9 @@ def main() -> None:
         plain = [Picture(painter.paint(s), painter.caption(s), painter.questions(s)) for s in scenes]
         chats = {label: evaluate_chat(host, plain[:200], turns=5, seed=args.seed, system=system)
                  for label, system in (("no system text", None), ("system text", SYSTEM))}
-        c.table(["chat (200 x 5 turns)", *(f"turn {t + 1}" for t in range(5)), "turns refused"],
-                [[label, *(f"{x:.3f}" for x in m["per_turn"]), m["refused"]] for label, m in chats.items()])
+        chat_rows = [[label, *(f"{x:.3f}" for x in m["per_turn"]), m["refused"]] for label, m in chats.items()]
+        chat_headers = [f"chat ({len(plain[:200])} x 5 turns)", *(f"turn {t + 1}" for t in range(5)), "turns refused"]
+        c.table(chat_headers, chat_rows)
         rng = random.Random(args.seed)
         harsh = [(perturbed(s, rng), painter.caption(s)) for s in painter.scenes(n * 2, f"perturbed:{args.seed}")]
         results = host.caption([image for image, _ in harsh])
@@ -88,9 +104,10 @@ def main() -> None:
           f"scored >= 0.9: {calibration['sure_share']:.3f} of them, {shown(calibration['sure_right'])} right")
     fns = model_fns(*load_retrieval(MODEL_DIR / "retrieval"))
     recall = retrieval_recall(fns.image, fns.text, match_fn=fns.match, scenes=plain)
-    c.table(["retrieval", "t->i R@1", "t->i R@5", "i->t R@1", "i->t R@5", "ITM acc"],
-            [["64x64", *(f"{recall[k]:.4f}" for k in ("text_to_image_r1", "text_to_image_r5", "image_to_text_r1",
-                                                      "image_to_text_r5", "itm_accuracy"))]])
+    recall_headers = ["retrieval", "t->i R@1", "t->i R@5", "i->t R@1", "i->t R@5", "ITM acc"]
+    recall_rows = [["64x64", *(f"{recall[k]:.4f}" for k in ("text_to_image_r1", "text_to_image_r5", "image_to_text_r1",
+                                                             "image_to_text_r5", "itm_accuracy"))]]
+    c.table(recall_headers, recall_rows)
     worst = min(min(m["caption_exact_match"], m["vqa_accuracy"]) for m in figures.values())
     worst_turn = min(m["worst_turn"] for m in chats.values())
     met = (worst >= 0.97 and worst_turn >= 0.95 and min(recall["text_to_image_r1"], recall["image_to_text_r1"]) >= 0.95
@@ -98,6 +115,24 @@ def main() -> None:
     print(f"worst caption/VQA over looks {worst:.3f} (goal >= 0.97), worst chat turn {worst_turn:.3f} (>= 0.95), "
           f"R@1 {min(recall['text_to_image_r1'], recall['image_to_text_r1']):.3f} (>= 0.95), AUROC {shown(area)} "
           f"(>= 0.9) {'PASS' if met else 'FAIL'}")
+    if args.card:
+        source = (f"{n} scenes of the tests' independent painter (`tests/independent/painter.py`: analytic shapes "
+                  "supersampled in numpy, with its own sizes, shades, backgrounds and edges; never trained on), "
+                  f"seed {args.seed}. Measured by `python benchmarks/demo_generalization.py --card`.")
+        write_card_section(MODEL_DIR / "README.md", "\n\n".join([
+            source + " Greedy decoding:",
+            markdown(["look", "caption exact match", "VQA", "colour", "count", "presence"], rows),
+            "Five-turn chats (questions drawn from the scene's own; the model's answers form the history), "
+            f"with and without the system text \"{SYSTEM}\":",
+            markdown(chat_headers, chat_rows),
+            f"How much `score` means: {len(harsh)} harshly perturbed pictures (JPEG at quality 5-20, noise of "
+            "sigma 25-45, 16-24 px canvases, 32x110 stretches), captioned with accuracy "
+            f"{calibration['accuracy']:.3f}. The AUROC of `score` for telling right captions from wrong ones is "
+            f"{shown(area)}; {calibration['sure_share']:.3f} of the captions score >= 0.9, and "
+            f"{shown(calibration['sure_right'])} of those are right."]))
+        write_card_section(MODEL_DIR / "retrieval" / "README.md", "\n\n".join([
+            source, markdown(recall_headers, recall_rows)]))
+        print("wrote the figures into both model cards")
 
 if __name__ == "__main__":
     main()

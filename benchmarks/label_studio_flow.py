@@ -2,7 +2,9 @@
 
 Runs the slow test's flow (``tests/adapters/label_studio/ls_flow.py``) for a scenario and prints what
 was measured: prediction accuracy before training, the run (gate verdict, time), and held-out accuracy
-after it, on the special scenes (a square in the team's words; a purple shape) and on plain ones.
+after it, on the special scenes (a square in the team's words; a purple shape) and on plain ones, and
+the held-out captions that are not captions of the world's grammar (malformed). The held-out tasks are
+drawn by the independent painter (``tests/independent``); the labeled ones by the demo world.
 Needs the Label Studio environment (``bash scripts/setup.sh --label-studio-only``, done on first use).
 
     python benchmarks/label_studio_flow.py [--scenario vocabulary|purple|both]
@@ -16,13 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "adapters" / "label_studio"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS / "adapters" / "label_studio"), str(TESTS)]
 
 import ls_flow  # noqa: E402
 
 SHOWN = ("labeled", "held_out", "first_retrieve_s", "first_exact_ordinary", "first_exact_count", "annotate_s",
          "labels_recorded_by_webhook",
-         "train_wall_s", "new_version", "second_retrieve_s", "held_out_exact_special", "held_out_exact_plain")
+         "train_wall_s", "new_version", "second_retrieve_s", "held_out_exact_special", "held_out_exact_plain",
+         "held_out_captions")
 
 
 def main() -> None:
@@ -43,6 +47,7 @@ def main() -> None:
         for key in SHOWN:
             value = report[key]
             print(f"{key:28} {value:.2f}" if isinstance(value, float) else f"{key:28} {value}")
+        print(f"{'malformed':28} {len(report['malformed'])} {report['malformed']}")
         run = report["run"]
         print(f"{'run':28} {run['status']} ({run['reason']}); held-out metrics {run.get('metrics')}")
 

@@ -16,6 +16,7 @@ import _common  # noqa: F401  (puts the checkout on sys.path)
 import torch
 
 from blip2plugins.demo.recipe import evaluate, host_fns
+from blip2plugins.errors import ModelLoadError
 from blip2plugins.host import Host
 
 OPTIONS: list[dict[str, str]] = [{}, {"dtype": "bfloat16"}, {"quantize": "8bit"}, {"quantize": "4bit"}]
@@ -34,12 +35,17 @@ def main() -> None:
         if "quantize" in option and not quantize:
             print(f"{option['quantize']:<22} skipped: bitsandbytes is not installed")
             continue
-        with Host.load("demo", **option) as host:
+        label = ", ".join(f"{k}={v}" for k, v in option.items()) or "float32"
+        try:
+            host = Host.load("demo", **option)
+        except ModelLoadError as error:  # e.g. 4-bit on CPU where a layer's width does not fit the kernels
+            print(f"{label:<22} refused: {error}")
+            continue
+        with host:
             footprint = host.loaded.model.get_memory_footprint()
             started = time.perf_counter()
             metrics = evaluate(*host_fns(host), n_scenes=args.scenes, seed=args.seed)
             seconds = time.perf_counter() - started
-        label = ", ".join(f"{k}={v}" for k, v in option.items()) or "float32"
         print(f"{label:<22} {footprint / 1e6:>8.2f}MB {metrics['caption_exact_match']:>10.3f} "
               f"{metrics['vqa_accuracy']:>6.3f} {seconds:>8.1f}")
 

@@ -30,10 +30,10 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Sizes of a small BLIP-2 model (every part shares ``hidden`` width).
+    """Sizes of a small BLIP-2 model.
 
-    ``layers`` is the depth of the Q-Former and the language model; the vision encoder has
-    ``vision_layers`` (default: ``layers``).
+    ``hidden`` is the width of the Q-Former and the language model, ``layers`` their depth; the
+    vision encoder has ``vision_hidden`` width and ``vision_layers`` depth (default: the same).
     """
 
     image_size: int = 32
@@ -44,6 +44,7 @@ class ModelSpec:
     num_query_tokens: int = 4
     max_positions: int = 128
     vision_layers: int | None = None
+    vision_hidden: int | None = None
 
 
 def train_tokenizer(corpus: Iterable[str], family: Family, *, vocab_size: int = 400) -> PreTrainedTokenizerFast:
@@ -80,14 +81,15 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, spec: ModelSpec) -> Blip
 def _vision_and_qformer(processor: Blip2Processor, spec: ModelSpec) -> tuple[Blip2VisionConfig, Blip2QFormerConfig]:
     tokenizer = processor.tokenizer
     ffn = spec.hidden * 4
+    vision_width = spec.vision_hidden or spec.hidden
     vision = Blip2VisionConfig(
-        hidden_size=spec.hidden, intermediate_size=ffn, num_hidden_layers=spec.vision_layers or spec.layers,
+        hidden_size=vision_width, intermediate_size=vision_width * 4, num_hidden_layers=spec.vision_layers or spec.layers,
         num_attention_heads=spec.heads, image_size=spec.image_size, patch_size=spec.patch_size,
         initializer_range=0.02,
     )
     qformer = Blip2QFormerConfig(
         hidden_size=spec.hidden, intermediate_size=ffn, num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads, encoder_hidden_size=spec.hidden, vocab_size=len(tokenizer),
+        num_attention_heads=spec.heads, encoder_hidden_size=vision_width, vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id, max_position_embeddings=spec.max_positions, use_qformer_text_input=True,
     )
     return vision, qformer

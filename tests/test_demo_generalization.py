@@ -14,10 +14,16 @@ from blip2plugins.demo.retrieval_recipe import load_retrieval, model_fns, retrie
 from blip2plugins.host import Host
 from independent import painter
 
-#: The shipped model was trained on one drawing routine and misses these bars by far (about 0.2
-#: caption exact match, 0.6 VQA, later chat turns near 0.3: ``benchmarks/demo_generalization.py``);
-#: strict, so that a model that meets them turns these into failures until the marks go.
-pytestmark = [pytest.mark.slow, pytest.mark.xfail(strict=True, reason="the demo model does not generalize yet")]
+pytestmark = pytest.mark.slow
+
+
+def missed(reason: str) -> pytest.MarkDecorator:
+    """A bar the shipped model misses, as measured here (strict: a model that meets it must drop the mark)."""
+    return pytest.mark.xfail(strict=True, reason=f"the demo model misses this bar: {reason}")
+
+
+#: Looks at which the shipped model misses the 0.97 caption bar.
+MISSED_LOOKS = {"JPEG q70": "caption exact match 0.952", "37x53": "caption exact match 0.948"}
 
 N_SCENES = 500
 #: A system text as an agent framework sends one (ChatBlip2 makes it the prompt's preamble).
@@ -39,7 +45,8 @@ def host():
         yield loaded
 
 
-@pytest.mark.parametrize("look", list(painter.LOOKS))
+@pytest.mark.parametrize("look", [pytest.param(look, marks=missed(MISSED_LOOKS[look])) if look in MISSED_LOOKS else look
+                                  for look in painter.LOOKS])
 def test_captions_and_answers_hold_on_another_renderer(host, scenes, look) -> None:
     metrics = evaluate(*host_fns(host), scenes=pictures(scenes, painter.LOOKS[look]))
     assert metrics["n_scenes"] == N_SCENES
@@ -53,7 +60,10 @@ def test_retrieval_holds_on_another_renderer(scenes) -> None:
     assert metrics["text_to_image_r1"] >= 0.95 and metrics["image_to_text_r1"] >= 0.95, metrics
 
 
-@pytest.mark.parametrize("system", [None, SYSTEM])
+@pytest.mark.parametrize("system", [
+    pytest.param(None, marks=missed("turns at 0.995, 0.965, 0.97, 0.945, 0.965")),
+    pytest.param(SYSTEM, marks=missed("after this system text, turns at 0.975, 0.885, 0.845, 0.84, 0.335")),
+])
 def test_every_turn_of_a_five_turn_chat_is_answered_as_well_as_the_first(host, scenes, system) -> None:
     metrics = evaluate_chat(host, pictures(scenes[:200]), turns=5, seed=1, system=system)
     assert metrics["conversations"] == 200

@@ -29,6 +29,7 @@ def host():
 
 def test_demo_model_is_small_enough_to_ship():
     assert sum(f.stat().st_size for f in MODEL_DIR.iterdir() if f.is_file()) <= 5 * 1024 * 1024
+    assert sum(f.stat().st_size for f in MODEL_DIR.rglob("*") if f.is_file()) <= 10 * 1000 * 1000  # with the retrieval head
     assert (MODEL_DIR / "model.safetensors").stat().st_mode & 0o044 == 0o044, "weights must be world-readable"
 
 

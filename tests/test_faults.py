@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from safetensors import safe_open
 from blip2plugins.index import ImageIndex
 from blip2plugins.store import AdapterStore
 
-from hostile import checks, corpus, fixtures
+from hostile import corpus, fixtures
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 KILLPOINT = Path(__file__).parent / "hostile" / "killpoint.py"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path

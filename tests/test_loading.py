@@ -65,8 +65,21 @@ def test_4bit_on_cpu_checks_the_vision_encoder_too(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes extra not installed")
-def test_4bit_runs_on_cpu_where_widths_fit():
-    with Host.load("demo", device="cpu", quantize="4bit") as host:
+def test_4bit_runs_on_cpu_where_widths_fit(tmp_path):
+    from blip2plugins.building import ModelSpec, build
+
+    model, processor = build(["a red circle", "a blue square"] * 20, "opt", ModelSpec(hidden=64), seed=0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    with Host.load(str(tmp_path), device="cpu", quantize="4bit", retrieval=False) as host:
+        assert host.ask(IMAGE, "how many shapes?").ok
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes extra not installed")
+def test_the_demo_model_quantizes_to_8bit_on_cpu_and_says_why_not_4bit():
+    with pytest.raises(ModelLoadError, match="its vision_model has layers 96 wide: use quantize='8bit'$"):
+        Host.load("demo", device="cpu", quantize="4bit", retrieval=False)
+    with Host.load("demo", device="cpu", quantize="8bit") as host:
         assert host.ask(IMAGE, "how many shapes?").ok
 
 

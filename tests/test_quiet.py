@@ -69,7 +69,7 @@ def test_loading_and_attaching_an_adapter_leaves_bitsandbytes_unimported(trained
 def test_a_quantized_model_loaded_after_a_plain_one_gets_quantized_lora_layers(trained):
     adapter, _ = trained
     script = ("from blip2plugins import models\n"
-              "for quantize in (None, '4bit'):\n"
+              "for quantize in (None, '8bit'):\n"
               "    loaded = models.load('demo', device='cpu', quantize=quantize, retrieval=False)\n"
               f"    models.attach_adapter(loaded, {str(adapter)!r})\n"
               "print(sorted({type(m).__module__ for m in loaded.model.modules() if 'lora' in type(m).__module__}))")

@@ -20,17 +20,21 @@ def register_commands(cli: click.Group) -> None:
 
     @demo.command("train")
     @click.option("--seed", type=int, default=None, help="Seed of the data, weights and order (default: the shipped model's).")
-    @click.option("--steps", type=int, default=None, help="Optimizer steps (default: the shipped model's).")
+    @click.option("--vision-steps", type=int, default=None,
+                  help="Steps of stage 1, the vision encoder's pretraining (default: the shipped model's).")
+    @click.option("--steps", type=int, default=None, help="Steps of stage 2, captions and questions (default: the shipped model's).")
     @click.option("--out", type=PathName(file_okay=False, path_type=Path), default=MODEL_DIR, show_default=True,
                   help="Folder to write the model, processor and model card to.")
     @click.option("--threads", type=int, default=2, show_default=True, help="CPU threads for torch.")
     @click.option("--eval-scenes", type=int, default=None, help="Held-out scenes to measure (default: the recipe's).")
-    def train_cmd(seed: int | None, steps: int | None, out: Path, threads: int, eval_scenes: int | None) -> None:
+    def train_cmd(seed: int | None, vision_steps: int | None, steps: int | None, out: Path, threads: int,
+                  eval_scenes: int | None) -> None:
         """Train the demo model from scratch, measure it on fresh scenes and save it with its card."""
-        from .recipe import DEFAULT_SEED, DEFAULT_STEPS, train_demo
+        from .recipe import DEFAULT_SEED, DEFAULT_STEPS, DEFAULT_VISION_STEPS, train_demo
 
         kwargs = {} if eval_scenes is None else {"eval_scenes": eval_scenes}
         facts = train_demo(out, seed=DEFAULT_SEED if seed is None else seed,
+                           vision_steps=DEFAULT_VISION_STEPS if vision_steps is None else vision_steps,
                            steps=DEFAULT_STEPS if steps is None else steps, threads=threads,
                            log=lambda line: click.echo(line, err=True), **kwargs)
         click.echo(json.dumps({"out": str(out), "size_bytes": facts["size_bytes"], "params": facts["params"],

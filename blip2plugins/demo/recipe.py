@@ -28,20 +28,42 @@ from ..families import OPT, Family
 from ..host import Host
 from ..training import Example, TrainConfig, count_parameters, train
 from . import world
+from .vision_pretrain import pretrain_vision
 
 CaptionFn = Callable[[list[Image.Image]], list[str]]
 AskFn = Callable[[list[Image.Image], list[str]], list[str]]
 
-#: The demo model's sizes: 48 px input, patch 8, width 64, 2 layers, 4 heads, 8 queries.
-DEMO_SPEC = ModelSpec(image_size=48, patch_size=8, hidden=64, layers=2, heads=4, num_query_tokens=8,
-                      max_positions=64)
+#: The demo model's sizes: 64 px input, patch 8; a vision encoder of width 96 and 3 layers; Q-Former
+#: and OPT of width 64 and 2 layers; 4 heads, 8 queries, a 160-token context.
+DEMO_SPEC = ModelSpec(image_size=64, patch_size=8, hidden=64, layers=2, heads=4, num_query_tokens=8,
+                      max_positions=160, vision_layers=3, vision_hidden=96)
 DEMO_FAMILY = OPT
 DEFAULT_SEED = 0
-DEFAULT_STEPS = 4000
+DEFAULT_STEPS = 1500
 #: Weight init of the vision tower, Q-Former and projection (the configs' 0.02 is tuned for width 768;
 #: at width 64 it leaves attention uniform for a long time).
 INIT_STD = 0.1
 EVAL_SEED_OFFSET = 1000
+#: Steps of the vision encoder's pretraining (stage 1, :mod:`.vision_pretrain`).
+DEFAULT_VISION_STEPS = 4000
+
+
+#: System texts a chat may start with (ChatBlip2 sends a system message as a preamble): common ones,
+#: and random ones made of :data:`FILLER` words, so the model learns to answer past any preamble.
+SYSTEM_TEXTS: tuple[str, ...] = (
+    "You are a helpful assistant.", "You are a helpful assistant that answers questions about images.",
+    "Answer the question about the image.", "Answer in one word.", "Be brief.",
+    "You are a vision assistant. Look at the picture and answer briefly.",
+    "Describe what you see when asked.", "You see one image. Answer questions about it.",
+)
+FILLER: tuple[str, ...] = tuple(
+    "you are an the a helpful assistant image picture photo answer answers question questions short brief "
+    "please look at this that what see in on of to and be concise agent tool user task one word careful".split())
+#: Where the model cards hold the figures measured on the tests' independent painter
+#: (``benchmarks/demo_generalization.py --card`` writes them).
+CARD_MARKERS = ("<!-- independent painter -->", "<!-- end independent painter -->")
+#: Most past turns of a training conversation (with the question asked: 5 turns).
+MAX_PAST_TURNS = 4
 
 
 class Picture(NamedTuple):
@@ -52,19 +74,39 @@ class Picture(NamedTuple):
     questions: list[tuple[str, str]]
 
 
-class SceneExamples(Sequence[Example]):
-    """``n_scenes`` scenes, each giving its caption and ``questions_per_scene`` questions, drawn lazily.
+def random_system(rng: random.Random) -> str:
+    """A system text: one of :data:`SYSTEM_TEXTS`, or 3 to 14 random :data:`FILLER` words."""
+    if rng.random() < 0.5:
+        return rng.choice(SYSTEM_TEXTS)
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 14))]
+    return " ".join(words).capitalize() + "."
 
-    Example ``i`` belongs to scene ``i // (1 + questions_per_scene)``; everything is seeded from
-    ``seed`` and the index, so any example can be drawn in any order. Question kinds (colour, count,
-    presence) are equally likely.
+
+def chat_prompt(family: Family, past: list[tuple[str, str]], question: str, system: str | None = None) -> str:
+    """The prompt of ``question`` after ``past`` turns and an optional system text, as
+    :func:`blip2plugins.chat.fit_chat` renders it."""
+    return (f"{system} " if system else "") + family.render_chat(past, question)
+
+
+class SceneExamples(Sequence[Example]):
+    """``n_scenes * (1 + questions_per_scene)`` examples, each of its own scene, drawn lazily.
+
+    Everything is seeded from ``seed`` and the index, so any example can be drawn in any order, and
+    consecutive examples are already in random order. An example is a caption, or ``questions_per_scene``
+    times as often a question; with ``chat``, half of the questions come after 1 to
+    :data:`MAX_PAST_TURNS` past turns about the same scene, and 30% of all questions after a system
+    text, as ChatBlip2 renders one. Question kinds (colour, count, presence) are equally likely. With
+    ``looks`` each example draws its scene with a random :func:`world.random_look` (else plain 64 px,
+    hard edges).
+
     """
 
     def __init__(self, n_scenes: int, seed: int, *, family: Family = DEMO_FAMILY, questions_per_scene: int = 1,
-                 palette: Sequence[str] = world.BASIC_COLOURS) -> None:
+                 palette: Sequence[str] = world.BASIC_COLOURS, looks: bool = True, chat: bool = True) -> None:
         self.n_scenes, self.seed, self.family = n_scenes, seed, family
         self.per_scene = 1 + questions_per_scene
         self.palette = tuple(palette)
+        self.looks, self.chat = looks, chat
 
     def __len__(self) -> int:
         return self.n_scenes * self.per_scene
@@ -72,18 +114,27 @@ class SceneExamples(Sequence[Example]):
     def scene(self, index: int) -> world.Scene:
         return world.random_scene(random.Random(f"train:{self.seed}:{index}"), palette=self.palette)
 
+    def image(self, scene: world.Scene, i: int) -> Image.Image:
+        """Example ``i``'s picture of ``scene``."""
+        if not self.looks:
+            return world.render(scene)
+        rng = random.Random(f"look:{self.seed}:{i}")
+        return world.draw(scene, world.random_look(rng), seed=self.seed * 1_000_003 + i)
+
     def __getitem__(self, i: int) -> Example:  # type: ignore[override]
         if not 0 <= i < len(self):
             raise IndexError(i)
-        scene_index, slot = divmod(i, self.per_scene)
-        scene = self.scene(scene_index)
-        image = world.render(scene)
-        if slot == 0:
+        scene = self.scene(i)
+        image = self.image(scene, i)
+        rng = random.Random(f"question:{self.seed}:{i}")
+        if rng.random() * self.per_scene < 1:
             return Example(image, "", world.caption(scene))
-        rng = random.Random(f"question:{self.seed}:{scene_index}:{slot}")
-        kind = rng.choice(["colour", "count", "presence"])
-        question, answer = rng.choice([qa for qa in world.questions(scene) if world.question_kind(qa[0]) == kind])
-        return Example(image, self.family.render_question(question), answer)
+        qa = world.questions(scene)
+        asked = rng.choice(["colour", "count", "presence"])
+        question, answer = rng.choice([pair for pair in qa if world.question_kind(pair[0]) == asked])
+        past = [rng.choice(qa) for _ in range(rng.randint(1, MAX_PAST_TURNS))] if self.chat and rng.random() < 0.5 else []
+        system = random_system(rng) if self.chat and rng.random() < 0.3 else None
+        return Example(image, chat_prompt(self.family, past, question, system), answer)
 
 
 def pictures(n_scenes: int, seed: int, *, palette: Sequence[str] = world.BASIC_COLOURS) -> list[Picture]:
@@ -91,6 +142,14 @@ def pictures(n_scenes: int, seed: int, *, palette: Sequence[str] = world.BASIC_C
     rng = random.Random(seed)
     scenes = [world.random_scene(rng, palette=palette) for _ in range(n_scenes)]
     return [Picture(world.render(s), world.caption(s), world.questions(s)) for s in scenes]
+
+
+def corpus(family: Family = DEMO_FAMILY) -> list[str]:
+    """The tokenizer's training text: the world's captions and questions (:func:`world.corpus`), the
+    same as past chat turns, and the system texts."""
+    _, qa = world.all_texts()
+    return [*world.corpus(family.render_question), *(family.turn.format(question=q, answer=a) for q, a in qa),
+            *SYSTEM_TEXTS, " ".join(FILLER)]
 
 
 def _norm(text: str) -> str:
@@ -186,27 +245,36 @@ def prepare_for_scratch(model: Any, *, seed: int, init_std: float = INIT_STD) ->
                     module.p = 0.0
                 if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)):
                     module.weight.normal_(0.0, init_std, generator=generator)
+    model.set_attn_implementation("eager")  # at head width 16 on CPU, a fifth faster to train than SDPA
     return model
 
 
 def train_demo(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT_SEED, steps: int = DEFAULT_STEPS,
-               batch_size: int = 64, lr: float = 1e-3, warmup: int = 200, n_scenes: int = 20000,
-               questions_per_scene: int = 1, eval_scenes: int = 1000, threads: int | None = 2,
+               vision_steps: int = DEFAULT_VISION_STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 200,
+               questions_per_scene: int = 2, eval_scenes: int = 1000, threads: int | None = 2, spec: ModelSpec = DEMO_SPEC,
                progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the demo model from scratch, evaluate it on fresh scenes and save it with its card.
 
-    Returns the card's numbers: held-out metrics, parameter count, size and time.
+    Stage 1 pretrains the vision encoder for ``vision_steps`` (:func:`.vision_pretrain.pretrain_vision`);
+    stage 2 trains the Q-Former and the language model on captions, questions and chats for ``steps``
+    with the vision encoder frozen, as BLIP-2 does. Returns the card's numbers: held-out metrics,
+    parameter count, size and time.
     """
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
     out = Path(out_dir)
-    tokenizer = train_tokenizer(world.corpus(DEMO_FAMILY.render_question), DEMO_FAMILY.name)
-    processor = build_processor(tokenizer, DEMO_SPEC)
-    model = prepare_for_scratch(build_model(processor, DEMO_FAMILY.name, DEMO_SPEC, seed=seed), seed=seed)
+    tokenizer = train_tokenizer(corpus(DEMO_FAMILY), DEMO_FAMILY.name)
+    processor = build_processor(tokenizer, spec)
+    model = prepare_for_scratch(build_model(processor, DEMO_FAMILY.name, spec, seed=seed), seed=seed)
+    vision = pretrain_vision(model.vision_model, processor.image_processor, seed=seed, steps=vision_steps, log=log)
+    log(f"vision encoder pretrained in {vision['vision_seconds']:.0f} s, loss {vision['vision_first_loss']:.3f} -> "
+        f"{vision['vision_final_loss']:.4f}")
+    n_scenes = -(-steps * batch_size // (1 + questions_per_scene))  # every example a fresh scene and look
     examples = SceneExamples(n_scenes, seed, questions_per_scene=questions_per_scene)
-    config = TrainConfig(method="full", steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                         schedule="cosine", weight_decay=0.01, max_grad_norm=1.0, seed=seed, progress=progress)
+    config = TrainConfig(method="full", freeze=("vision_model.",), steps=steps, batch_size=batch_size, lr=lr,
+                         warmup=warmup, schedule="cosine", weight_decay=0.01, max_grad_norm=1.0, seed=seed,
+                         progress=progress, shuffle=False, num_workers=1, mixed_precision="bf16")
     report = train(model, processor, examples, config, family=DEMO_FAMILY)
     log(f"trained {report.steps} steps in {report.seconds:.0f} s, loss {report.first_loss:.3f} -> {report.final_loss:.4f}")
     out.mkdir(parents=True, exist_ok=True)
@@ -222,8 +290,8 @@ def train_demo(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT_SEED, ste
     total_seconds = time.perf_counter() - started
     facts = {
         "seed": seed, "eval_seed": eval_seed, "steps": steps, "batch_size": batch_size, "lr": lr,
-        "warmup": warmup, "init_std": INIT_STD, "n_scenes": n_scenes, "questions_per_scene": questions_per_scene,
-        "examples_seen": report.examples_seen, "spec": asdict(DEMO_SPEC), "family": DEMO_FAMILY.name,
+        "warmup": warmup, "init_std": INIT_STD, **vision, "n_scenes": n_scenes, "questions_per_scene": questions_per_scene,
+        "examples_seen": report.examples_seen, "spec": asdict(spec), "family": DEMO_FAMILY.name,
         "params": count_parameters(model)[1], "vocab_size": len(processor.tokenizer),
         "train_seconds": round(report.seconds, 1), "eval_seconds": round(eval_seconds, 1),
         "total_seconds": round(total_seconds, 1), "threads": torch.get_num_threads(),
@@ -261,7 +329,8 @@ def _size(folder: Path) -> int:
 def model_card(facts: dict[str, Any], size: int) -> str:
     """The README.md of the demo model folder, from the numbers measured by :func:`train_demo`."""
     m, spec = facts["metrics"], facts["spec"]
-    colours = ", ".join(f"{c} {_band(c)}" for c in world.BASIC_COLOURS)
+    colours = "; ".join(f"{c}: hue {_band(c)}, saturation {world.SATURATION[c][0]}-{world.SATURATION[c][1]}, "
+                        f"value {world.VALUE[c][0]}-{world.VALUE[c][1]}" for c in world.BASIC_COLOURS)
     mistakes = "\n".join(f"- {json.dumps(x)}" for x in facts["mistakes"]) or "- none"
     return f"""# blip2plugins demo model
 
@@ -269,45 +338,70 @@ A tiny BLIP-2 (OPT language model) trained from scratch on synthetic shape scene
 every command and test of blip2plugins runs offline. It is a toy: it only knows this world.
 
 ## The world (`blip2plugins.demo.world`)
-- 64x64 canvas; 1 to 3 shapes ({world.SIZE[0]} px boxes, never overlapping), each of circle / square / triangle
-  at most once; white, gray or dark background (grey level jittered).
-- Colours are hues sampled in bands ({colours}; saturation {world.SATURATION[0]}-{world.SATURATION[1]},
-  value {world.VALUE[0]}-{world.VALUE[1]}), named by the nearest basic colour. The purple band
-  ({_band("purple")}) never appears in training data; `world.make_scene({{"circle": "purple"}})` draws it.
+- 1 to 3 shapes, each of circle / square / triangle (pointing up) at most once, never overlapping,
+  anywhere on the canvas; sides of {world.SIZE[0]} to {world.SIZE[1]} px on a 64 px canvas (about 14% to 47% of it).
+- Colours are shades a person calls by their name ({colours}); each shape differs from its background
+  by at least {world.MIN_CONTRAST} levels in some channel. The purple band ({_band("purple")}) never appears in
+  training data; `world.make_scene({{"circle": "purple"}})` draws it.
+- White, gray or dark backgrounds (grey levels {", ".join(f"{k} {lo}-{hi}" for k, (lo, hi) in world.BACKGROUNDS.items())}),
+  tinted by up to {world.TINT} levels per channel.
 - Caption: shapes in the fixed order circle, square, triangle, e.g. "a red circle and a blue square".
 - Questions (prompt "Question: {{q}} Answer:"): "what color is the {{shape}}?" -> colour,
   "how many shapes?" -> one / two / three, "is there a {{shape}}?" -> yes / no. Captions use an empty prompt.
+- Chat: up to 5 turns ("Question: q1 Answer: a1. Question: q2 Answer:"), after a system text or not.
 
 ## Model
-- Blip2ForConditionalGeneration, OPT family: {spec['image_size']}x{spec['image_size']} input, patch {spec['patch_size']},
-  ViT / Q-Former / OPT hidden {spec['hidden']}, {spec['layers']} layers, {spec['heads']} heads,
-  {spec['num_query_tokens']} query tokens.
+- Blip2ForConditionalGeneration, OPT family: {spec['image_size']}x{spec['image_size']} input, patch {spec['patch_size']}; a vision encoder
+  of width {spec['vision_hidden']} and {spec['vision_layers']} layers; Q-Former and OPT of width {spec['hidden']} and {spec['layers']} layers;
+  {spec['heads']} heads, {spec['num_query_tokens']} query tokens; a {spec['max_positions']}-token context (5 turns beside a
+  system text of about 40 tokens and the default 30 new tokens).
 - {facts['params']:,} parameters; model + processor files {size / 1e6:.2f} MB (fp32 safetensors).
-- Tokenizer: byte-level BPE ({facts['vocab_size']} tokens with `<image>`) trained on every caption and
-  question/answer line of the world (`blip2plugins.building.train_tokenizer`); the word "purple" is in
-  the vocabulary but in no training example.
+- Tokenizer: byte-level BPE ({facts['vocab_size']} tokens with `<image>`) trained on every caption,
+  question/answer line and chat turn of the world and the recipe's system texts
+  (`blip2plugins.building.train_tokenizer`); the word "purple" is in the vocabulary but in no training example.
 
-## Limits
-- Trained on single questions and captions only: in a multi-turn chat only the first answer is
-  reliable, since later prompts carry a history it never saw in training.
+## What it does not know
+- Anything outside this world: photos, other shapes (stars, ovals, downward triangles), more than
+  three shapes or two of a kind, overlapping shapes, textured or gradient backgrounds, colours
+  other than the four (purple, orange, pink, brown, black, white shapes...): it names them as one of
+  the shapes and colours it knows, often with a high score.
+- Other questions than the three kinds above, and other words for them ("which colour...").
+- Shapes smaller than about 8 px, or barely differing from their background.
+- Chats longer than its context: ChatBlip2 and `blip2 chat` drop the oldest turns first.
+- Long chats after a long system text: trained with system texts of up to 14 words, it answers the
+  later turns of a chat that starts with a longer one far worse (see the chat table below).
+- How sure it is, on pictures far from its training: on badly degraded ones its `score` is often
+  high for wrong captions (see the AUROC below).
 
 ## Recipe
+Two stages, as BLIP-2 has: a vision encoder trained first, then frozen while the Q-Former and the
+language model learn to talk about what it sees.
 - Built with `blip2plugins.building` (seed {facts['seed']}), then `prepare_for_scratch`: Q-Former dropout off and the
   vision tower, Q-Former and projection weights drawn with std {facts['init_std']} (the configs' 0.02 left the
-  tiny ViT's attention nearly uniform and shapes were learned far more slowly).
-- `blip2plugins.training.train`, method `full`: AdamW (weight decay 0.01, none on biases/norms), lr {facts['lr']},
-  {facts['warmup']} warmup steps then cosine decay, grad clipping 1.0, batch {facts['batch_size']}, {facts['steps']} steps
-  ({facts['examples_seen']:,} examples), seed {facts['seed']}.
-- Data: {facts['n_scenes']:,} scenes (seed {facts['seed']}); each gives its caption and {facts['questions_per_scene']} question(s)
-  (kinds equally likely): captions and VQA trained jointly.
-- Loss {facts["first_loss"]} (mean of the first 50 steps) -> {facts['final_loss']} (last steps).
-- Training took {facts['train_seconds']:.0f} s, the whole command {facts['total_seconds']:.0f} s, on {facts['threads']} CPU threads
+  tiny ViT's attention nearly uniform, and it learned shapes far more slowly).
+- Stage 1 (`demo.vision_pretrain`): the vision encoder and a linear head on the mean of its outputs name each
+  kind's colour or its absence (cross-entropy over 3 x 5 classes). {facts['vision_pool']:,} pictures drawn once (seed
+  {facts['seed']}): half plain scenes of 20 px shapes, half the whole world in random looks (`world.random_look`:
+  half on the 64 px square, half on canvases of 28-160 px a side and aspect up to 1.7, which the
+  processor stretches to its input; hard or anti-aliased edges; noise in 30%, JPEG at quality 30-95
+  in 35%); horizontal flips. A curriculum: the share of whole-world pictures grows from none to all
+  over the first {facts['vision_ramp']:.0%} of the steps. AdamW, lr {facts['vision_lr']}, cosine decay, batch
+  {facts['vision_batch_size']}, {facts['vision_steps']} steps, bfloat16 autocast: loss {facts['vision_first_loss']} -> {facts['vision_final_loss']},
+  {facts['vision_seconds']:.0f} s with drawing.
+- Stage 2: `blip2plugins.training.train`, method `full` with the vision encoder frozen, bfloat16 autocast:
+  AdamW (weight decay 0.01, none on biases/norms), lr {facts['lr']}, {facts['warmup']} warmup steps then cosine decay,
+  grad clipping 1.0, batch {facts['batch_size']}, {facts['steps']} steps ({facts['examples_seen']:,} examples), seed {facts['seed']}.
+  Data (`recipe.SceneExamples`): every example a fresh scene in a random look; a third are captions, a third
+  single questions, a third questions after 1 to {MAX_PAST_TURNS} past turns about the same scene, rendered as
+  the host renders a chat; 30% of the questions follow a system text (common ones, or random words).
+  Loss {facts["first_loss"]} (mean of the first 50 steps) -> {facts['final_loss']} (last steps), {facts['train_seconds']:.0f} s.
+- The whole command took {facts['total_seconds']:.0f} s on {facts['threads']} CPU threads
   (torch {facts['torch']}, transformers {facts['transformers']}, Python {facts['python']}).
 
-Reproduce: `blip2 demo train --seed {facts['seed']} --steps {facts['steps']}` (writes this folder).
+Reproduce: `blip2 demo train --seed {facts['seed']} --vision-steps {facts['vision_steps']} --steps {facts['steps']} --eval-scenes {m['n_scenes']}` (writes this folder).
 
-## Held-out accuracy (measured)
-{m['n_scenes']} fresh scenes from seed {facts['eval_seed']} (not the training seed), greedy decoding:
+## Held-out accuracy on its own renderer (measured)
+{m['n_scenes']} fresh scenes from seed {facts['eval_seed']} (not the training seed), drawn plain (64 px, hard edges), greedy decoding:
 
 | metric | value |
 |---|---|
@@ -321,6 +415,11 @@ Re-measure: `blip2 demo eval --scenes {m['n_scenes']} --seed {facts['eval_seed']
 
 Mistakes (up to 10):
 {mistakes}
+
+## On another renderer (measured)
+{CARD_MARKERS[0]}
+Not measured yet: run `python benchmarks/demo_generalization.py --card`.
+{CARD_MARKERS[1]}
 """
 
 

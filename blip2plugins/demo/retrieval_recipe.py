@@ -27,7 +27,7 @@ from ..building import build_retrieval_model
 from ..errors import ModelLoadError, OptionError
 from ..training.retrieval_train import RetrievalTrainConfig, train_retrieval
 from . import MODEL_DIR, world
-from .recipe import DEMO_SPEC, EVAL_SEED_OFFSET, Picture, SceneExamples, pictures, software_versions, write_card
+from .recipe import CARD_MARKERS, DEMO_SPEC, EVAL_SEED_OFFSET, Picture, SceneExamples, pictures, software_versions, write_card
 
 ImageFn = Callable[[list[Image.Image]], torch.Tensor]  # images -> (N, Q, D) unit-length query embeddings
 TextFn = Callable[[list[str]], torch.Tensor]  # texts -> (N, D) unit-length embeddings
@@ -46,11 +46,11 @@ _TEXT_FFN = re.compile(r"(\.layer\.\d+\.(?:intermediate|output))\.")  # a Q-Form
 
 
 class CaptionScenes(Sequence[tuple[Image.Image, str]]):
-    """``(image, caption)`` of ``n_scenes`` scenes drawn lazily from ``seed`` (the scenes of
+    """``(image, caption)`` of ``n_scenes`` scenes drawn lazily from ``seed`` (the scenes and looks of
     :class:`~blip2plugins.demo.recipe.SceneExamples`)."""
 
-    def __init__(self, n_scenes: int, seed: int) -> None:
-        self.scenes = SceneExamples(n_scenes, seed, questions_per_scene=0)
+    def __init__(self, n_scenes: int, seed: int, *, looks: bool = True) -> None:
+        self.scenes = SceneExamples(n_scenes, seed, questions_per_scene=0, looks=looks)
 
     def __len__(self) -> int:
         return self.scenes.n_scenes
@@ -59,7 +59,7 @@ class CaptionScenes(Sequence[tuple[Image.Image, str]]):
         if not 0 <= i < len(self):
             raise IndexError(i)
         scene = self.scenes.scene(i)
-        return world.render(scene), world.caption(scene)
+        return self.scenes.image(scene, i), world.caption(scene)
 
 
 def init_from_demo(model_dir: str | os.PathLike[str] = MODEL_DIR, *, seed: int = DEFAULT_SEED
@@ -264,8 +264,8 @@ tokens, Q-Former reading text, ITC projections, ITM head) for the synthetic shap
 nothing else.
 
 ## Model
-- {spec['image_size']}x{spec['image_size']} input, patch {spec['patch_size']}, ViT / Q-Former hidden {spec['hidden']},
-  {spec['layers']} layers, {spec['heads']} heads, {spec['num_query_tokens']} query tokens, ITC embeddings of
+- {spec['image_size']}x{spec['image_size']} input, patch {spec['patch_size']}; a vision encoder of width {spec['vision_hidden'] or spec['hidden']} and
+  {spec['vision_layers'] or spec['layers']} layers; a Q-Former of width {spec['hidden']} and {spec['layers']} layers; {spec['heads']} heads, {spec['num_query_tokens']} query tokens, ITC embeddings of
   {spec['hidden']} dimensions; the tokenizer is the captioning model's.
 - {facts['params']:,} parameters ({facts['trainable_params']:,} trained); model + processor files
   {size / 1e6:.2f} MB (fp32 safetensors).
@@ -284,7 +284,8 @@ nothing else.
   1 / temperature: with weight 1 the ITM loss stayed at the class prior (0.636) in short runs.
 - AdamW (weight decay {facts['weight_decay']}, none on biases / norms / temperature), lr {facts['lr']},
   {facts['warmup']} warmup steps then cosine decay, grad clipping 1.0, batch {facts['batch_size']}, {facts['steps']} steps
-  ({facts['examples_seen']:,} freshly drawn scenes, seed {facts['seed']}).
+  ({facts['examples_seen']:,} freshly drawn scenes, seed {facts['seed']}, each in a random look as the
+  captioning model's: canvas size and aspect, edges, noise, JPEG).
 - ITC loss {facts['itc_loss'][0]} -> {facts['itc_loss'][1]}, ITM loss {facts['itm_loss'][0]} -> {facts['itm_loss'][1]}
   (means of the first and the last logged steps).
 - Training took {facts['train_seconds']:.0f} s, the whole command {facts['total_seconds']:.0f} s, on {facts['threads']} CPU
@@ -304,4 +305,14 @@ with its hardest wrong caption by ITC similarity.
 {rows}
 
 Re-measure: `blip2 demo eval-retrieval --scenes {m['n_scenes']} --seed {facts['eval_seed']}`.
+
+## On another renderer (measured)
+{CARD_MARKERS[0]}
+Not measured yet: run `python benchmarks/demo_generalization.py --card`.
+{CARD_MARKERS[1]}
+
+## What it does not know
+What the captioning model does not (see `../README.md`): it ranks and matches only captions of this
+world, and gives a high match to a picture of a shape or colour it never saw under the nearest
+caption it knows.
 """

@@ -33,6 +33,10 @@ IGNORE = -100
 AUGMENTATIONS = {"hflip": ImageOps.mirror, "vflip": ImageOps.flip}
 
 
+#: Most tokenized prompts a collator keeps.
+PROMPT_CACHE = 4096
+
+
 class Example(NamedTuple):
     """One training record: an image, the prompt (``""`` for captions) and the expected output."""
 
@@ -74,6 +78,8 @@ class Collator:
 
     def _prompt(self, prompt: str) -> list[int]:
         if prompt not in self._prompt_ids:
+            if len(self._prompt_ids) >= PROMPT_CACHE:  # varied prompts (chat histories) must not grow it forever
+                self._prompt_ids.clear()
             self._prompt_ids[prompt] = self.tokenizer(prompt).input_ids
         return self._prompt_ids[prompt]
 

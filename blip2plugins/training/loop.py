@@ -63,6 +63,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
     seed: int = 0
+    shuffle: bool = True  # False: batches in the examples' own order (a lazily drawn, already random dataset)
     num_workers: int = 0
     log_every: int = 50
     progress: bool = True  # a progress bar on stderr, when it is a terminal
@@ -76,6 +77,7 @@ class TrainConfig:
     lora_modules_to_save: tuple[str, ...] = ()
     lora_token_ids: tuple[int, ...] = ()  # embedding rows to train (and save) with the adapter: new words
     augment: tuple[str, ...] = ()  # "hflip", "vflip": random flips (texts must not say left/right, up/down)
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes kept frozen whatever the method, e.g. "vision_model."
     eval_every: int = 0  # 0: evaluate only at the end (when an eval function is given)
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
@@ -103,6 +105,7 @@ class TrainConfig:
         for token in self.lora_token_ids:
             checks.whole("lora_token_ids", token, 0)
         checks.texts("augment", self.augment)
+        checks.texts("freeze", self.freeze)
         unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
         if unknown:
             raise OptionError(f"unknown augmentation {unknown[0]!r}: expected some of {sorted(AUGMENTATIONS)}")
@@ -186,7 +189,7 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
                       f"({100 * trainable / max(total, 1):.1f}%)", file=sys.stderr)
 
     loader = DataLoader(
-        examples, batch_size=config.batch_size, shuffle=True, drop_last=len(examples) >= config.batch_size,
+        examples, batch_size=config.batch_size, shuffle=config.shuffle, drop_last=len(examples) >= config.batch_size,
         collate_fn=Collator(processor, family, augment=config.augment, seed=config.seed + accelerator.process_index),
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),

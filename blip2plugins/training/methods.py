@@ -92,12 +92,19 @@ METHODS: dict[str, Method] = {"full": full, "qformer": qformer, "lora": lora}
 
 
 def apply_method(model: torch.nn.Module, config: Any) -> torch.nn.Module:
-    """The model to train for ``config.method``, with ``requires_grad`` set accordingly."""
+    """The model to train for ``config.method``, with ``requires_grad`` set accordingly; parameters
+    whose names start with one of ``config.freeze`` (if any) stay frozen."""
     try:
         method = METHODS[config.method]
     except KeyError:
         raise ValueError(f"unknown training method {config.method!r}: expected one of {sorted(METHODS)}") from None
-    return method(model, config)
+    model = method(model, config)
+    frozen = tuple(getattr(config, "freeze", ()))
+    if frozen:
+        for name, param in model.named_parameters():
+            if name.startswith(frozen):
+                param.requires_grad_(False)
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -1,13 +1,17 @@
 """The end-to-end labeling flow on a real Label Studio and a real backend, measured.
 
-Create a captioning project, upload demo-world images, connect the backend, retrieve predictions,
-submit the team's captions for the labeled part, start training, wait for the new model version,
-retrieve predictions again, and score the held-out tasks. Used by the slow test and by
-``benchmarks/label_studio_flow.py`` (which also runs the purple scenario).
+Create a captioning project, upload images, connect the backend, retrieve predictions, submit the
+team's captions for the labeled part, start training, wait for the new model version, retrieve
+predictions again, and score the held-out tasks. The labeled tasks are demo-world pictures (world.py),
+as a team's own images; the held-out tasks, scored before and after training, are PNGs drawn by the
+independent painter (``tests/independent``), which the model never trains on. Used by the slow test and
+by ``benchmarks/label_studio_flow.py`` (which also runs the purple scenario).
 """
 
 from __future__ import annotations
 
+import io
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +21,7 @@ import httpx
 
 import ls_real
 from blip2plugins.demo import scenarios, world
+from independent import painter
 from ls_payloads import NOTHING_TO_FILL, QUESTION_CONFIG, png
 from ls_processes import free_port, start_backend, stop, wait_for
 
@@ -40,18 +45,19 @@ def backend(folder: Path, ls: ls_real.LabelStudio, train_config: str | None) -> 
         stop(process)
 
 
-def scenario_data(name: str, seed: int = 0) -> tuple[list[tuple[world.Scene, str]], list[tuple[world.Scene, str]]]:
-    """(labeled scenes with the team's captions, held-out scenes with the captions expected after training)."""
+def scenario_data(name: str, seed: int = 0) -> tuple[list[tuple[world.Scene, str]], list[tuple[painter.Scene, str]]]:
+    """(labeled demo-world scenes with the team's captions, held-out painter scenes with the captions
+    expected after training)."""
     if name == "vocabulary":
-        held_team = scenarios.scenes(16, f"ls-held-team:{seed}", keep=scenarios.has("square"))
-        held_plain = scenarios.scenes(8, f"ls-held-plain:{seed}", keep=lambda s: s.shape("square") is None)
-        held = [(s, scenarios.team_caption(s)) for s in held_team] + [(s, world.caption(s)) for s in held_plain]
-        return scenarios.vocabulary_labels(32, 32, seed=seed), held
+        team = painter.scenes(32, f"ls-held-team:{seed}", keep=lambda s: "square" in s.kinds())
+        plain = painter.scenes(16, f"ls-held-plain:{seed}", keep=lambda s: "square" not in s.kinds())
+        held = [(s, scenarios.in_team_words((x.kind, x.colour) for x in s.shapes)) for s in team]
+        return scenarios.vocabulary_labels(32, 32, seed=seed), held + [(s, painter.caption(s)) for s in plain]
     if name == "purple":
-        palette = (*world.BASIC_COLOURS, "purple")
-        held_purple = scenarios.scenes(16, f"ls-held-purple:{seed}", palette=palette, keep=scenarios.has_colour("purple"))
-        held_plain = scenarios.scenes(8, f"ls-held-ordinary:{seed}")
-        return scenarios.purple_labels(32, 32, seed=seed), [(s, world.caption(s)) for s in held_purple + held_plain]
+        purple = painter.scenes(32, f"ls-held-purple:{seed}", palette=(*painter.BASIC, "purple"),
+                                keep=lambda s: not _ordinary(s))
+        plain = painter.scenes(16, f"ls-held-ordinary:{seed}")
+        return scenarios.purple_labels(32, 32, seed=seed), [(s, painter.caption(s)) for s in purple + plain]
     raise ValueError(f"unknown scenario {name!r}")
 
 
@@ -64,10 +70,12 @@ def run(folder: Path, scenario: str = "vocabulary", *, say: Callable[[str], None
     with ls_real.running(folder) as ls, backend(folder, ls, recipe) as (url, log):
         api = ls.api()
         project = ls_real.create_project(api, f"captions ({scenario})", QUESTION_CONFIG)
-        everything = labeled + held
-        names = ls_real.import_images(api, project, {f"scene{i}.png": png(s) for i, (s, _) in enumerate(everything)})
+        pictures = [png(s) for s, _ in labeled] + [_painted_png(s) for s, _ in held]
+        names = ls_real.import_images(api, project, {f"scene{i}.png": data for i, data in enumerate(pictures)})
         index = {task_id: int(name.removeprefix("scene").removesuffix(".png")) for task_id, name in names.items()}
-        assert len(index) == len(everything), f"imported {len(index)} of {len(everything)} images"
+        assert len(index) == len(pictures), f"imported {len(index)} of {len(pictures)} images"
+        labeled_ids = [t for t, i in index.items() if i < len(labeled)]
+        held_scene = {t: held[i - len(labeled)] for t, i in index.items() if i >= len(labeled)}  # task: (scene, after)
         ml = ls_real.connect_backend(api, project, url)
 
         began = time.perf_counter()
@@ -77,17 +85,16 @@ def run(folder: Path, scenario: str = "vocabulary", *, say: Callable[[str], None
         first = ls_real.predictions(api, project, base)
         report["base_version"] = base
         report["first_predicted"] = len(first)
-        ordinary = [t for t, i in index.items() if _ordinary(everything[i][0])]
-        report["first_exact_ordinary"] = _exact(first, index, ordinary, lambda i: world.caption(everything[i][0]))
-        count = lambda i: world.NUMBERS[len(everything[i][0].shapes) - 1]  # noqa: E731
-        report["first_exact_count"] = _exact(first, index, list(index), count, "count")
+        ordinary = {t: painter.caption(s) for t, (s, _) in held_scene.items() if _ordinary(s)}
+        report["first_exact_ordinary"] = _exact(first, ordinary)
+        counts = {t: world.NUMBERS[len(s.shapes) - 1] for t, (s, _) in held_scene.items()}
+        report["first_exact_count"] = _exact(first, counts, "count")
         say(f"{scenario}: {len(first)} tasks predicted by {base} in {report['first_retrieve_s']} s; exact captions on "
-            f"ordinary scenes: {report['first_exact_ordinary']:.2f}")
+            f"ordinary held-out (painter) scenes: {report['first_exact_ordinary']:.2f}")
 
-        labeled_ids = [t for t, i in index.items() if i < len(labeled)]
         began = time.perf_counter()
         for task_id in labeled_ids:
-            ls_real.annotate(api, task_id, everything[index[task_id]][1])
+            ls_real.annotate(api, task_id, labeled[index[task_id]][1])
         report["annotate_s"] = round(time.perf_counter() - began, 2)
         recorded = sum(1 for _ in (folder / "model-dir" / "projects" / str(project) / "labels").glob("annotation-*.json"))
         report["labels_recorded_by_webhook"] = recorded
@@ -103,42 +110,64 @@ def run(folder: Path, scenario: str = "vocabulary", *, say: Callable[[str], None
         say(f"{scenario}: training {run_record.get('status')} in {report['train_wall_s']} s ({run_record.get('reason')}); "
             f"now serving {new}")
 
-        held_ids = [t for t, i in index.items() if i >= len(labeled)]
+        held_ids = list(held_scene)
         began = time.perf_counter()
         ls_real.retrieve_predictions(api, project, held_ids)
         report["second_retrieve_s"] = round(time.perf_counter() - began, 2)
         second = ls_real.predictions(api, project, new)
         report["second_predicted_held_out"] = sum(1 for t in held_ids if t in second)
         report["second_predicted_labeled"] = sum(1 for t in labeled_ids if t in second)
-        special = [t for t in held_ids if not _ordinary(everything[index[t]][0]) or "tile" in everything[index[t]][1]]
-        plain = [t for t in held_ids if t not in special]
-        expected = lambda i: everything[i][1]  # noqa: E731
-        report["held_out_exact_special"] = _exact(second, index, special, expected)
-        report["held_out_exact_plain"] = _exact(second, index, plain, expected)
+        after = {t: text for t, (_, text) in held_scene.items()}
+        special = {t: text for t, (s, text) in held_scene.items() if not _ordinary(s) or "tile" in text}
+        report["held_out_exact_special"] = _exact(second, special)
+        report["held_out_exact_plain"] = _exact(second, {t: text for t, text in after.items() if t not in special})
+        captions = [ls_real.text_of(first[t], "caption") for t in held_ids if t in first]
+        captions += [ls_real.text_of(second[t], "caption") for t in held_ids if t in second]
+        report["held_out_captions"] = len(captions)
+        report["malformed"] = [text for text in captions if not well_formed(text)]
         report["ls_model_version"] = api.get(f"/api/ml/{ml}").json().get("model_version")
         report["ls_versions"] = ls_real.versions(api, ml)
         draft_task = held_ids[0]
-        draft = " ".join(everything[index[draft_task]][1].split()[:2])
+        draft = " ".join(after[draft_task].split()[:2])
         report["interactive_draft"] = draft
         report["interactive"] = ls_real.interactive(api, ml, draft_task, draft)
         report["setup_refusal"] = _setup_refusal(api, url)
         say(f"{scenario}: held-out exact captions after training: special {report['held_out_exact_special']:.2f}, "
-            f"plain {report['held_out_exact_plain']:.2f}")
+            f"plain {report['held_out_exact_plain']:.2f}; malformed held-out captions {len(report['malformed'])} "
+            f"of {len(captions)}")
         report["backend_log"] = log.read_text(errors="replace")
         report["secrets"] = [ls.personal_token, ls_real.LEGACY_TOKEN]
     return report
 
 
-def _ordinary(scene: world.Scene) -> bool:
-    return all(s.colour in world.BASIC_COLOURS for s in scene.shapes)
+_PHRASE = re.compile(r"a (?:red|green|blue|yellow|purple) (circle|square|tile|triangle)")
+_ORDER = {"circle": 0, "square": 1, "tile": 1, "triangle": 2}
 
 
-def _exact(found: dict[int, dict[str, Any]], index: dict[int, int], task_ids: list[int],
-           expected: Callable[[int], str], from_name: str = "caption") -> float:
-    if not task_ids:
+def well_formed(text: str | None) -> bool:
+    """Whether ``text`` is a caption of the world's grammar: 1 to 3 "a <colour> <shape>" joined by "and",
+    each kind at most once, in the canonical order (circle, square or tile, triangle)."""
+    phrases = [_PHRASE.fullmatch(p) for p in (text or "").split(" and ")]
+    kinds = [_ORDER[m[1]] for m in phrases if m]
+    return len(kinds) == len(phrases) and kinds == sorted(set(kinds))
+
+
+def _painted_png(scene: painter.Scene) -> bytes:
+    out = io.BytesIO()
+    painter.paint(scene).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _ordinary(scene: painter.Scene) -> bool:
+    return all(s.colour in painter.BASIC for s in scene.shapes)
+
+
+def _exact(found: dict[int, dict[str, Any]], expected: dict[int, str], from_name: str = "caption") -> float:
+    """The fraction of the tasks of ``expected`` whose prediction's ``from_name`` text is the expected one."""
+    if not expected:
         return float("nan")
-    hits = sum(ls_real.text_of(found[t], from_name) == expected(index[t]) for t in task_ids if t in found)
-    return hits / len(task_ids)
+    hits = sum(t in found and ls_real.text_of(found[t], from_name) == text for t, text in expected.items())
+    return hits / len(expected)
 
 
 def _current(url: str, project: int) -> str:

@@ -116,10 +116,16 @@ def create_project(api: httpx.Client, title: str, label_config: str) -> int:
     return answer.json()["id"]
 
 
+#: Most files Label Studio takes in one upload (its ``DATA_UPLOAD_MAX_NUMBER_FILES``).
+MAX_FILES_PER_IMPORT = 100
+
+
 def import_images(api: httpx.Client, project: int, images: dict[str, bytes]) -> dict[int, str]:
-    """Upload PNGs (one multipart field each, or Label Studio keeps only one); task id -> file name."""
+    """Upload PNGs (one multipart field each, or Label Studio keeps only one; at most
+    :data:`MAX_FILES_PER_IMPORT` a request); task id -> file name."""
     files = [(f"file{i}", (name, io.BytesIO(data), "image/png")) for i, (name, data) in enumerate(images.items())]
-    _check(api.post(f"/api/projects/{project}/import", files=files))
+    for start in range(0, len(files), MAX_FILES_PER_IMPORT):
+        _check(api.post(f"/api/projects/{project}/import", files=files[start : start + MAX_FILES_PER_IMPORT]))
     return {t["id"]: t["data"]["image"].rsplit("-", 1)[-1] for t in tasks(api, project)}
 
 

@@ -199,15 +199,17 @@ def test_long_histories_are_trimmed_from_the_oldest_turn(chat):
 def test_dropped_turns_are_counted_and_warned_about_once_per_instance(caplog):
     chat = ChatBlip2(model="demo")
     question = ask("how many shapes?", "blue-square_yellow-triangle_on-white")
-    history = [HumanMessage("is there a circle?"), AIMessage("yes"), HumanMessage("is it red?"), AIMessage("no")]
+    history = [HumanMessage("is there a circle?"), AIMessage("yes"), HumanMessage("is it red?"), AIMessage("no")] * 8
     with caplog.at_level("WARNING", logger="blip2plugins_langchain.chat_models"):
         assert chat.invoke([question]).response_metadata["turns_dropped"] == 0
         assert not caplog.records
         first = chat.invoke(history + [question]).response_metadata
         with_system = chat.invoke([SystemMessage("Answer briefly.")] + history + [question]).response_metadata
-        assert 0 < first["turns_dropped"] <= with_system["turns_dropped"] == 2
-        assert "Answer briefly. Question: how many shapes?" in with_system["prompt"]
-        assert [r.getMessage()[:32] for r in caplog.records] == ["ChatBlip2 left the 1 oldest turn"[:32]]
+        assert 0 < first["turns_dropped"] <= with_system["turns_dropped"] < 16
+        assert with_system["prompt"].startswith("Answer briefly. Question: ")
+        assert with_system["prompt"].endswith("Question: how many shapes? Answer:")
+        assert len(caplog.records) == 1
+        assert caplog.records[0].getMessage().startswith(f"ChatBlip2 left the {first['turns_dropped']} oldest turn(s) ")
         ChatBlip2(model="demo").invoke(history + [question])
         assert len(caplog.records) == 2  # once per instance
 
