@@ -13,6 +13,7 @@ from .errors import OptionError
 from .texts import require_text
 
 if TYPE_CHECKING:
+    from .families import Family
     from .models import LoadedModel
 
 #: Prompts whose token counts a host remembers (then it starts again).
@@ -40,13 +41,19 @@ def fit_chat(loaded: LoadedModel, turns: Sequence[tuple[str, str]], question: st
     budget = loaded.prompt_budget(image=image, max_new_tokens=max_new_tokens)
     if system is not None:
         require_text(system, "the system text", empty=True)
-    preamble = f"{system.strip()} " if system and system.strip() else ""
     for start in range(len(turns) + 1):
-        text = preamble + loaded.family.render_chat(list(turns[start:]), question)
+        text = chat_text(loaded.family, turns[start:], question, system)
         if (length := loaded.count_tokens(text)) <= budget:
             return text, start
-    context = "with the system text" if preamble else "alone"
+    context = "with the system text" if system and system.strip() else "alone"
     raise OptionError(f"question too long: {length} tokens {context}; {room_for_prompt(loaded, image, max_new_tokens)}")
+
+
+def chat_text(family: Family, turns: Sequence[tuple[str, str]], question: str, system: str | None = None) -> str:
+    """The prompt of ``question`` after ``turns`` in the family's template, after the ``system``
+    preamble (stripped) when there is one; :func:`fit_chat` trims its turns to fit."""
+    preamble = f"{system.strip()} " if system and system.strip() else ""
+    return preamble + family.render_chat(list(turns), question)
 
 
 def room_for_prompt(loaded: LoadedModel, image: bool, max_new_tokens: int) -> str:

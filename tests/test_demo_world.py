@@ -202,13 +202,13 @@ def test_vision_pretraining_lowers_its_loss() -> None:
 def test_training_conversations_are_the_prompts_the_host_renders() -> None:
     from blip2plugins.prompts import fit_chat
     from blip2plugins.host import Host
-    from blip2plugins.demo.recipe import chat_prompt
+    from blip2plugins.prompts import chat_text
 
     past = [("what color is the circle?", "red"), ("how many shapes?", "two")]
     with Host.load("demo") as host:
         for system in (None, "You are a helpful assistant."):
             rendered, dropped = fit_chat(host.loaded, past, "is there a square?", system=system, max_new_tokens=4)
-            assert dropped == 0 and rendered == chat_prompt(OPT, past, "is there a square?", system)
+            assert dropped == 0 and rendered == chat_text(OPT, past, "is there a square?", system)
 
 
 def test_evaluate_scores_any_answerer() -> None:

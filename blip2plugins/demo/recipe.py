@@ -26,6 +26,7 @@ from ..building import ModelSpec, build_model, build_processor, train_tokenizer
 from ..errors import Blip2Error
 from ..families import OPT, Family
 from ..host import Host
+from ..prompts import chat_text
 from ..training import Example, TrainConfig, count_parameters, train
 from . import world
 from .vision_pretrain import pretrain_vision
@@ -82,12 +83,6 @@ def random_system(rng: random.Random) -> str:
     return " ".join(words).capitalize() + "."
 
 
-def chat_prompt(family: Family, past: list[tuple[str, str]], question: str, system: str | None = None) -> str:
-    """The prompt of ``question`` after ``past`` turns and an optional system text, as
-    :func:`blip2plugins.chat.fit_chat` renders it."""
-    return (f"{system} " if system else "") + family.render_chat(past, question)
-
-
 class SceneExamples(Sequence[Example]):
     """``n_scenes * (1 + questions_per_scene)`` examples, each of its own scene, drawn lazily.
 
@@ -134,7 +129,7 @@ class SceneExamples(Sequence[Example]):
         question, answer = rng.choice([pair for pair in qa if world.question_kind(pair[0]) == asked])
         past = [rng.choice(qa) for _ in range(rng.randint(1, MAX_PAST_TURNS))] if self.chat and rng.random() < 0.5 else []
         system = random_system(rng) if self.chat and rng.random() < 0.3 else None
-        return Example(image, chat_prompt(self.family, past, question, system), answer)
+        return Example(image, chat_text(self.family, past, question, system), answer)
 
 
 def pictures(n_scenes: int, seed: int, *, palette: Sequence[str] = world.BASIC_COLOURS) -> list[Picture]:

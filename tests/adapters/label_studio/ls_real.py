@@ -124,8 +124,8 @@ def import_images(api: httpx.Client, project: int, images: dict[str, bytes]) -> 
     """Upload PNGs (one multipart field each, or Label Studio keeps only one; at most
     :data:`MAX_FILES_PER_IMPORT` a request); task id -> file name."""
     files = [(f"file{i}", (name, io.BytesIO(data), "image/png")) for i, (name, data) in enumerate(images.items())]
-    for start in range(0, len(files), MAX_FILES_PER_IMPORT):
-        _check(api.post(f"/api/projects/{project}/import", files=files[start : start + MAX_FILES_PER_IMPORT]))
+    for first in range(0, len(files), MAX_FILES_PER_IMPORT):
+        _check(api.post(f"/api/projects/{project}/import", files=files[first : first + MAX_FILES_PER_IMPORT]))
     return {t["id"]: t["data"]["image"].rsplit("-", 1)[-1] for t in tasks(api, project)}
 
 
