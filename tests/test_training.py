@@ -9,6 +9,7 @@ import torch
 
 from blip2plugins.building import ModelSpec, build
 from blip2plugins.demo import world
+from blip2plugins.errors import DataError
 from blip2plugins.families import OPT, T5
 from blip2plugins.training import IGNORE, Collator, Example, TrainConfig, count_parameters, lr_factor, train
 
@@ -133,6 +134,23 @@ def test_same_seed_same_weights() -> None:
     model, processor = tiny("opt")
     train(model, processor, data, TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup=2, seed=4, progress=False))
     assert not all(torch.equal(states[0][k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_example_longer_than_the_context_is_refused_by_name(workers: int) -> None:
+    model, processor = tiny("opt")
+    question = "is there a " + " and a ".join(["red circle"] * 40) + "?"
+    data = [*examples(3), Example(image(), OPT.render_question(question), "yes")]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(steps=2, batch_size=4, progress=False, num_workers=workers)
+    with pytest.raises(DataError) as caught:
+        train(model, processor, data, config)
+    message = str(caught.value)
+    assert message.startswith("a training example is too long for the model: prompt 'Question: is there a red circle")
+    assert "128-token context holds 124 beside the image's 4 query tokens" in message
+    assert "Traceback" not in message and "worker" not in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # its batch was the first
+    assert Collator(processor, OPT, max_length=128)(data[:3])["input_ids"].shape[0] == 3  # the others fit
 
 
 def test_augmentation_flips_images_at_random_and_reproducibly() -> None:

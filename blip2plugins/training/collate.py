@@ -14,6 +14,10 @@ forward loss:
 Prompts come from :mod:`blip2plugins.families` (``family.render_question(q)``; captions use ``""``),
 so a trained model sees the prompts the host will send.
 
+With ``max_length`` (a decoder-only model's context, which its position embeddings bound) an
+example longer than it is refused with a :class:`~blip2plugins.errors.DataError` naming it, before
+the model sees an index it has no position for.
+
 ``augment`` flips images at random (``"hflip"``, ``"vflip"``, each with probability 1/2, seeded): more
 layouts from few labels, for texts that do not depend on left/right or up/down.
 """
@@ -27,6 +31,7 @@ import random
 import torch
 from PIL import Image, ImageOps
 
+from ..errors import DataError
 from ..families import FAMILIES, Family
 
 IGNORE = -100
@@ -48,7 +53,8 @@ class Example(NamedTuple):
 class Collator:
     """``collator(examples) -> {"pixel_values", "input_ids", "attention_mask", "labels"}``."""
 
-    def __init__(self, processor: Any, family: Family | str, *, augment: Sequence[str] = (), seed: int = 0) -> None:
+    def __init__(self, processor: Any, family: Family | str, *, augment: Sequence[str] = (), seed: int = 0,
+                 max_length: int | None = None) -> None:
         unknown = sorted(set(augment) - set(AUGMENTATIONS))
         if unknown:
             raise ValueError(f"unknown augmentation {unknown[0]!r}: expected some of {sorted(AUGMENTATIONS)}")
@@ -58,6 +64,7 @@ class Collator:
         self.augment = tuple(augment)
         self._rng = random.Random(seed)
         self._prompt_ids: dict[str, list[int]] = {}
+        self.max_length = max_length
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         images = [self._augmented(ex.image) for ex in examples]
@@ -92,6 +99,7 @@ class Collator:
             if ids[: len(prefix)] != prefix:
                 raise ValueError(f"the prompt {prompt!r} does not tokenize to a prefix of its training text")
             n_target.append(len(ids) - len(prefix) + 1)  # + EOS
+        self._check_length(prompts, targets, [len(ids) + 1 for ids in full])
         batch = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
         eos = torch.full((len(texts), 1), self.tokenizer.eos_token_id, dtype=batch["input_ids"].dtype)
         input_ids = torch.cat([batch["input_ids"], eos], dim=1)
@@ -101,6 +109,18 @@ class Collator:
             labels[i, -n:] = input_ids[i, -n:]
         return {"pixel_values": batch["pixel_values"], "input_ids": input_ids,
                 "attention_mask": attention_mask, "labels": labels}
+
+    def _check_length(self, prompts: list[str], targets: list[str], lengths: list[int]) -> None:
+        """Refuse the first example whose text (with EOS) and the image's query tokens exceed ``max_length``."""
+        if self.max_length is None:
+            return
+        queries = getattr(self.processor, "num_query_tokens", None) or 0
+        for prompt, target, length in zip(prompts, targets, lengths):
+            if queries + length > self.max_length:
+                raise DataError(
+                    f"a training example is too long for the model: prompt {prompt[:80]!r}, target {target[:80]!r} make "
+                    f"{length} tokens, and the model's {self.max_length}-token context holds "
+                    f"{self.max_length - queries} beside the image's {queries} query tokens")
 
     def _encoder_decoder(self, images: list[Any], prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
         # Right padding, as the host pads T5 prompts: T5's relative positions would count left pads

@@ -29,8 +29,8 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..errors import ModelLoadError, OptionError, StoreError
-from ..families import Family, family_of
+from ..errors import DataError, ModelLoadError, OptionError, StoreError
+from ..families import FAMILIES, Family, family_of
 from ..jsonfile import JSONReadError, load_file
 from . import checks
 from .collate import AUGMENTATIONS, Collator, Example
@@ -156,6 +156,23 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * decay
 
 
+def _unwrapped(batches: Any) -> Any:
+    """``batches``, with a :class:`DataError` raised in a loader worker re-raised with its own message
+    (a worker's error arrives with the worker's traceback in its text)."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except DataError as error:
+            text = str(error)
+            if text.startswith("Caught DataError"):
+                raise DataError(text.rpartition("DataError: ")[2].strip()) from None
+            raise
+        yield batch
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters at ``config``'s learning rate; weight decay on matrices only."""
     decay, no_decay = [], []
@@ -177,6 +194,9 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
     """
     if family is None:
         family = family_of(model.config.text_config.model_type)
+    family = FAMILIES[family] if isinstance(family, str) else family
+    # a decoder-only model's learned positions end its context; T5's relative ones do not
+    context = getattr(model.config.text_config, "max_position_embeddings", None) if family.decoder_only else None
     _allow_precision(config.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
@@ -190,7 +210,8 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
 
     loader = DataLoader(
         examples, batch_size=config.batch_size, shuffle=config.shuffle, drop_last=len(examples) >= config.batch_size,
-        collate_fn=Collator(processor, family, augment=config.augment, seed=config.seed + accelerator.process_index),
+        collate_fn=Collator(processor, family, augment=config.augment, seed=config.seed + accelerator.process_index,
+                            max_length=context),
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),
     )
@@ -220,7 +241,7 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
-        for batch in batches:
+        for batch in _unwrapped(batches):
             batch_in_epoch += 1
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
