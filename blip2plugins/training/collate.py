@@ -14,9 +14,9 @@ forward loss:
 Prompts come from :mod:`blip2plugins.families` (``family.render_question(q)``; captions use ``""``),
 so a trained model sees the prompts the host will send.
 
-With ``max_length`` (a decoder-only model's context, which its position embeddings bound) an
-example longer than it is refused with a :class:`~blip2plugins.errors.DataError` naming it, before
-the model sees an index it has no position for.
+With ``max_length`` (the context, which a decoder-only model's position embeddings bound; T5
+examples are not held to it) a decoder-only example longer than it is refused with a
+:class:`~blip2plugins.errors.DataError` naming it, before the model sees an index it has no position for.
 
 ``augment`` flips images at random (``"hflip"``, ``"vflip"``, each with probability 1/2, seeded): more
 layouts from few labels, for texts that do not depend on left/right or up/down.

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ModelLoadError, OptionError, StoreError
-from ..families import FAMILIES, Family, family_of
+from ..families import Family, family_of
 from ..jsonfile import JSONReadError, load_file
 from . import checks
 from .collate import AUGMENTATIONS, Collator, Example
@@ -194,9 +194,8 @@ def train(model: torch.nn.Module, processor: Any, examples: Sequence[Example], c
     """
     if family is None:
         family = family_of(model.config.text_config.model_type)
-    family = FAMILIES[family] if isinstance(family, str) else family
-    # a decoder-only model's learned positions end its context; T5's relative ones do not
-    context = getattr(model.config.text_config, "max_position_embeddings", None) if family.decoder_only else None
+    # the collator holds decoder-only texts to it (learned positions end there; T5's relative ones do not)
+    context = getattr(model.config.text_config, "max_position_embeddings", None)
     _allow_precision(config.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
