@@ -33,7 +33,7 @@ T = TypeVar("T")
 #: The bundled demo model's sizes (see blip2plugins/demo/recipe.py): a random-weights stand-in
 #: used while the trained model is not there yet.
 DEMO_LIKE = dict(image_size=64, patch_size=8, hidden=64, layers=2, heads=4, num_query_tokens=8, max_positions=160,
-                 vision_layers=3, vision_hidden=96)
+                 vision_layers=2, vision_hidden=96)
 #: About 7M parameters at 224 px (the size the notes measured "encode once, ask many" on), with the
 #: vision encoder deeper than the language model, as in the real checkpoints: in blip2-opt-2.7b the
 #: ViT-g (39 layers over 257 tokens) costs about 60% of the FLOPs of a 10-token answer.

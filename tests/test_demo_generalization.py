@@ -23,7 +23,7 @@ def missed(reason: str) -> pytest.MarkDecorator:
 
 
 #: Looks at which the shipped model misses the 0.97 caption bar.
-MISSED_LOOKS = {"JPEG q70": "caption exact match 0.952", "37x53": "caption exact match 0.948"}
+MISSED_LOOKS = {"JPEG q70": "caption exact match 0.946", "37x53": "caption exact match 0.92"}
 
 N_SCENES = 500
 #: A system text as an agent framework sends one (ChatBlip2 makes it the prompt's preamble).
@@ -60,10 +60,7 @@ def test_retrieval_holds_on_another_renderer(scenes) -> None:
     assert metrics["text_to_image_r1"] >= 0.95 and metrics["image_to_text_r1"] >= 0.95, metrics
 
 
-@pytest.mark.parametrize("system", [
-    pytest.param(None, marks=missed("turns at 0.995, 0.965, 0.97, 0.945, 0.965")),
-    pytest.param(SYSTEM, marks=missed("after this system text, turns at 0.975, 0.885, 0.845, 0.84, 0.335")),
-])
+@pytest.mark.parametrize("system", [None, SYSTEM])
 def test_every_turn_of_a_five_turn_chat_is_answered_as_well_as_the_first(host, scenes, system) -> None:
     metrics = evaluate_chat(host, pictures(scenes[:200]), turns=5, seed=1, system=system)
     assert metrics["conversations"] == 200

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from blip2plugins.demo import MODEL_DIR, world
 from blip2plugins.demo.commands import register_commands
-from blip2plugins.demo.recipe import SceneExamples, evaluate
+from blip2plugins.demo.recipe import (DEMO_SPEC, FILLER, MAX_SYSTEM_CHARS, SYSTEM_TEXTS, SceneExamples, evaluate,
+                                      random_system)
 from blip2plugins.families import OPT
 
 
@@ -160,6 +161,50 @@ def test_scene_examples_are_seeded_and_mix_captions_questions_and_conversations(
         data[900]
 
 
+def test_random_system_texts_are_common_ones_or_unseen_words_up_to_a_cap() -> None:
+    rng = random.Random(0)
+    texts = [random_system(rng) for _ in range(2000)]
+    common = [t for t in texts if t in SYSTEM_TEXTS]
+    assert 0.25 < len(common) / len(texts) < 0.35
+    made = [t for t in texts if t not in SYSTEM_TEXTS]
+    assert max(len(t) for t in made) <= MAX_SYSTEM_CHARS and all(t.endswith(".") for t in made)
+    words = {w.strip(".").lower() for t in made for w in t.split()}
+    assert set(FILLER) < words and len(words - set(FILLER)) > 1000  # words of random letters too
+
+
+def test_the_longest_training_chats_fill_the_prompt_room_and_fit_the_context() -> None:
+    from transformers import AutoTokenizer
+
+    from blip2plugins.generation import MAX_NEW_TOKENS_DEFAULT
+
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    data = SceneExamples(20000, seed=0, questions_per_scene=2)
+    prompts, texts = [], []
+    for i in range(len(data)):
+        prompt, target = data.text(data.scene(i), i)
+        prompts.append(prompt)
+        texts.append(f"{prompt} {target}" if prompt else target)
+    longest_prompt = max(len(ids) for ids in tokenizer(prompts).input_ids)
+    longest_text = max(len(ids) for ids in tokenizer(texts).input_ids) + 1  # + EOS
+    room = DEMO_SPEC.max_positions - DEMO_SPEC.num_query_tokens - MAX_NEW_TOKENS_DEFAULT  # what the host leaves a prompt
+    assert room - 10 <= longest_prompt <= room
+    assert DEMO_SPEC.num_query_tokens + longest_text <= DEMO_SPEC.max_positions
+
+
+def test_drawn_scene_examples_cycle_through_pictures_drawn_up_front() -> None:
+    from transformers import BlipImageProcessor
+
+    processor = BlipImageProcessor(size={"height": 64, "width": 64})
+    data = SceneExamples(30, seed=0, questions_per_scene=2)
+    drawn = data.drawn(20, processor, workers=2)
+    assert len(drawn) == len(data) == 90 and drawn.pictures.shape == (20, 3, 64, 64)
+    expected = processor([data.picture(3)], do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
+    assert torch.equal(drawn.pictures[3], torch.from_numpy(expected.round().clip(0, 255).astype("uint8")))
+    assert [drawn[i][1:] for i in range(20)] == [data[i][1:] for i in range(20)]  # same texts as drawn lazily
+    assert drawn[23].image.tobytes() == drawn[3].image.tobytes()  # picture 3 again, with a text of its own
+    assert data.text(data.scene(3), 23) == drawn[23][1:]
+
+
 def test_kind_colours_name_each_kind_slot() -> None:
     from blip2plugins.demo.vision_pretrain import kind_colours
 
@@ -170,14 +215,14 @@ def test_kind_colours_name_each_kind_slot() -> None:
 def test_the_vision_pool_pairs_plain_scenes_with_the_whole_world() -> None:
     from transformers import BlipImageProcessor
 
-    from blip2plugins.demo.vision_pretrain import draw_pool
+    from blip2plugins.demo.vision_pretrain import vision_pool
 
     processor = BlipImageProcessor(size={"height": 48, "width": 48})
-    pixels, labels = draw_pool(60, 0, processor, workers=1)
+    pixels, labels = vision_pool(60, 0, processor, workers=1)
     assert pixels.shape == (60, 3, 48, 48) and pixels.dtype == torch.uint8
     assert labels.shape == (60, 3) and int(labels.min()) >= 0 and int(labels.max()) <= 4
     assert bool((labels > 0).any(1).all())  # every scene has a shape
-    again, _ = draw_pool(60, 0, processor, workers=2)
+    again, _ = vision_pool(60, 0, processor, workers=2)
     assert torch.equal(pixels, again)  # the same pool, whatever the workers
     # odd entries: plain 64 px scenes, whose corners show the background; even ones vary in look
     plain_corners = pixels[1::2, :, 0, 0].float()

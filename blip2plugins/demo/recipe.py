@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import random
+import string
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,24 +30,24 @@ from ..host import Host
 from ..prompts import chat_text
 from ..training import Example, TrainConfig, count_parameters, train
 from . import world
-from .vision_pretrain import pretrain_vision
+from .vision_pretrain import draw_pool, pretrain_vision
 
 CaptionFn = Callable[[list[Image.Image]], list[str]]
 AskFn = Callable[[list[Image.Image], list[str]], list[str]]
 
-#: The demo model's sizes: 64 px input, patch 8; a vision encoder of width 96 and 3 layers; Q-Former
+#: The demo model's sizes: 64 px input, patch 8; a vision encoder of width 96 and 2 layers; Q-Former
 #: and OPT of width 64 and 2 layers; 4 heads, 8 queries, a 160-token context.
 DEMO_SPEC = ModelSpec(image_size=64, patch_size=8, hidden=64, layers=2, heads=4, num_query_tokens=8,
-                      max_positions=160, vision_layers=3, vision_hidden=96)
+                      max_positions=160, vision_layers=2, vision_hidden=96)
 DEMO_FAMILY = OPT
 DEFAULT_SEED = 0
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 2700
 #: Weight init of the vision tower, Q-Former and projection (the configs' 0.02 is tuned for width 768;
 #: at width 64 it leaves attention uniform for a long time).
 INIT_STD = 0.1
 EVAL_SEED_OFFSET = 1000
 #: Steps of the vision encoder's pretraining (stage 1, :mod:`.vision_pretrain`).
-DEFAULT_VISION_STEPS = 4000
+DEFAULT_VISION_STEPS = 4500
 
 
 #: System texts a chat may start with (ChatBlip2 sends a system message as a preamble): common ones,
@@ -65,6 +66,11 @@ FILLER: tuple[str, ...] = tuple(
 CARD_MARKERS = ("<!-- independent painter -->", "<!-- end independent painter -->")
 #: Most past turns of a training conversation (with the question asked: 5 turns).
 MAX_PAST_TURNS = 4
+#: Longest random system text. With it the longest training chats reach the end of the prompt room the
+#: host leaves beside the default 30 new tokens, and still fit the context with their answer.
+MAX_SYSTEM_CHARS = 64
+#: Stage 2's pictures drawn up front; each is shown with different texts as the examples cycle through them.
+DEFAULT_POOL = 80000
 
 
 class Picture(NamedTuple):
@@ -76,10 +82,18 @@ class Picture(NamedTuple):
 
 
 def random_system(rng: random.Random) -> str:
-    """A system text: one of :data:`SYSTEM_TEXTS`, or 3 to 14 random :data:`FILLER` words."""
-    if rng.random() < 0.5:
+    """A system text: one of :data:`SYSTEM_TEXTS` (30%), or 2 to 20 words, each a :data:`FILLER` word
+    or 1 to 9 random letters (words the tokenizer splits into pieces, as it does most of a user's),
+    up to :data:`MAX_SYSTEM_CHARS` characters."""
+    if rng.random() < 0.3:
         return rng.choice(SYSTEM_TEXTS)
-    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 14))]
+    words: list[str] = []
+    for _ in range(rng.randint(2, 20)):
+        word = (rng.choice(FILLER) if rng.random() < 0.5
+                else "".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 9))))
+        if len(" ".join([*words, word])) + 1 > MAX_SYSTEM_CHARS:
+            break
+        words.append(word)
     return " ".join(words).capitalize() + "."
 
 
@@ -90,18 +104,22 @@ class SceneExamples(Sequence[Example]):
     consecutive examples are already in random order. An example is a caption, or ``questions_per_scene``
     times as often a question; with ``chat``, half of the questions come after 1 to
     :data:`MAX_PAST_TURNS` past turns about the same scene, and 30% of all questions after a system
-    text, as ChatBlip2 renders one. Question kinds (colour, count, presence) are equally likely. With
-    ``looks`` each example draws its scene with a random :func:`world.random_look` (else plain 64 px,
-    hard edges).
+    text (:func:`random_system`), as ChatBlip2 renders one. Question kinds (colour, count, presence) are
+    equally likely. With ``looks`` each example draws its scene with a random :func:`world.random_look`
+    (else plain 64 px, hard edges).
 
+    With ``pictures`` (:meth:`drawn`: the first scenes' pictures, already resized by the processor)
+    example ``i`` shows scene ``i % len(pictures)`` as drawn there, with a text of its own.
     """
 
     def __init__(self, n_scenes: int, seed: int, *, family: Family = DEMO_FAMILY, questions_per_scene: int = 1,
-                 palette: Sequence[str] = world.BASIC_COLOURS, looks: bool = True, chat: bool = True) -> None:
+                 palette: Sequence[str] = world.BASIC_COLOURS, looks: bool = True, chat: bool = True,
+                 pictures: torch.Tensor | None = None) -> None:
         self.n_scenes, self.seed, self.family = n_scenes, seed, family
         self.per_scene = 1 + questions_per_scene
         self.palette = tuple(palette)
         self.looks, self.chat = looks, chat
+        self.pictures = pictures
 
     def __len__(self) -> int:
         return self.n_scenes * self.per_scene
@@ -116,20 +134,40 @@ class SceneExamples(Sequence[Example]):
         rng = random.Random(f"look:{self.seed}:{i}")
         return world.draw(scene, world.random_look(rng), seed=self.seed * 1_000_003 + i)
 
+    def picture(self, i: int) -> Image.Image:
+        """Example ``i``'s scene drawn in its look."""
+        return self.image(self.scene(i), i)
+
+    def drawn(self, n: int, image_processor: Any, *, workers: int = 2) -> SceneExamples:
+        """These examples on the first ``n`` scenes' pictures, drawn up front by ``workers`` processes
+        and resized by ``image_processor`` (which then leaves them as they are)."""
+        pictures = draw_pool(min(n, len(self)), image_processor, self.picture, workers=workers)
+        return SceneExamples(self.n_scenes, self.seed, family=self.family, questions_per_scene=self.per_scene - 1,
+                             palette=self.palette, looks=self.looks, chat=self.chat, pictures=pictures)
+
     def __getitem__(self, i: int) -> Example:  # type: ignore[override]
         if not 0 <= i < len(self):
             raise IndexError(i)
-        scene = self.scene(i)
-        image = self.image(scene, i)
+        if self.pictures is None:
+            scene = self.scene(i)
+            image = self.image(scene, i)
+        else:
+            shown = i % len(self.pictures)
+            scene = self.scene(shown)
+            image = Image.fromarray(self.pictures[shown].permute(1, 2, 0).numpy())
+        return Example(image, *self.text(scene, i))
+
+    def text(self, scene: world.Scene, i: int) -> tuple[str, str]:
+        """Example ``i``'s prompt and target about ``scene``."""
         rng = random.Random(f"question:{self.seed}:{i}")
         if rng.random() * self.per_scene < 1:
-            return Example(image, "", world.caption(scene))
+            return "", world.caption(scene)
         qa = world.questions(scene)
         asked = rng.choice(["colour", "count", "presence"])
         question, answer = rng.choice([pair for pair in qa if world.question_kind(pair[0]) == asked])
         past = [rng.choice(qa) for _ in range(rng.randint(1, MAX_PAST_TURNS))] if self.chat and rng.random() < 0.5 else []
         system = random_system(rng) if self.chat and rng.random() < 0.3 else None
-        return Example(image, chat_text(self.family, past, question, system), answer)
+        return chat_text(self.family, past, question, system), answer
 
 
 def pictures(n_scenes: int, seed: int, *, palette: Sequence[str] = world.BASIC_COLOURS) -> list[Picture]:
@@ -246,15 +284,29 @@ def prepare_for_scratch(model: Any, *, seed: int, init_std: float = INIT_STD) ->
 
 def train_demo(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT_SEED, steps: int = DEFAULT_STEPS,
                vision_steps: int = DEFAULT_VISION_STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 200,
-               questions_per_scene: int = 2, eval_scenes: int = 1000, threads: int | None = 2, spec: ModelSpec = DEMO_SPEC,
-               progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+               questions_per_scene: int = 2, pool: int = DEFAULT_POOL, eval_scenes: int = 1000, threads: int | None = 2,
+               spec: ModelSpec = DEMO_SPEC, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the demo model from scratch, evaluate it on fresh scenes and save it with its card.
 
     Stage 1 pretrains the vision encoder for ``vision_steps`` (:func:`.vision_pretrain.pretrain_vision`);
     stage 2 trains the Q-Former and the language model on captions, questions and chats for ``steps``
-    with the vision encoder frozen, as BLIP-2 does. Returns the card's numbers: held-out metrics,
-    parameter count, size and time.
+    with the vision encoder frozen, as BLIP-2 does, on ``pool`` pictures drawn up front. Returns the
+    card's numbers: held-out metrics, parameter count, size and time. Denormal floats are flushed to
+    zero while it trains (a tenth faster on CPU, and as reproducible).
     """
+    flushed = torch.set_flush_denormal(True)
+    try:
+        return _train_demo(out_dir, seed=seed, steps=steps, vision_steps=vision_steps, batch_size=batch_size, lr=lr,
+                           warmup=warmup, questions_per_scene=questions_per_scene, pool=pool, eval_scenes=eval_scenes,
+                           threads=threads, spec=spec, progress=progress, log=log)
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+
+
+def _train_demo(out_dir: str | os.PathLike[str], *, seed: int, steps: int, vision_steps: int, batch_size: int, lr: float,
+                warmup: int, questions_per_scene: int, pool: int, eval_scenes: int, threads: int | None, spec: ModelSpec,
+                progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -265,11 +317,15 @@ def train_demo(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT_SEED, ste
     vision = pretrain_vision(model.vision_model, processor.image_processor, seed=seed, steps=vision_steps, log=log)
     log(f"vision encoder pretrained in {vision['vision_seconds']:.0f} s, loss {vision['vision_first_loss']:.3f} -> "
         f"{vision['vision_final_loss']:.4f}")
-    n_scenes = -(-steps * batch_size // (1 + questions_per_scene))  # every example a fresh scene and look
-    examples = SceneExamples(n_scenes, seed, questions_per_scene=questions_per_scene)
+    n_scenes = -(-steps * batch_size // (1 + questions_per_scene))  # as many examples as the steps take
+    drawing = time.perf_counter()
+    examples = SceneExamples(n_scenes, seed, questions_per_scene=questions_per_scene).drawn(pool, processor.image_processor)
+    pool = len(examples.pictures)
+    pool_seconds = time.perf_counter() - drawing
+    log(f"stage 2: {pool:,} pictures drawn in {pool_seconds:.0f} s")
     config = TrainConfig(method="full", freeze=("vision_model.",), steps=steps, batch_size=batch_size, lr=lr,
                          warmup=warmup, schedule="cosine", weight_decay=0.01, max_grad_norm=1.0, seed=seed,
-                         progress=progress, shuffle=False, num_workers=1, mixed_precision="bf16")
+                         progress=progress, shuffle=False, augment=("hflip",), mixed_precision="bf16")
     report = train(model, processor, examples, config, family=DEMO_FAMILY)
     log(f"trained {report.steps} steps in {report.seconds:.0f} s, loss {report.first_loss:.3f} -> {report.final_loss:.4f}")
     out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +341,8 @@ def train_demo(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT_SEED, ste
     total_seconds = time.perf_counter() - started
     facts = {
         "seed": seed, "eval_seed": eval_seed, "steps": steps, "batch_size": batch_size, "lr": lr,
-        "warmup": warmup, "init_std": INIT_STD, **vision, "n_scenes": n_scenes, "questions_per_scene": questions_per_scene,
+        "warmup": warmup, "init_std": INIT_STD, **vision, "pool": pool, "pool_seconds": round(pool_seconds, 1),
+        "questions_per_scene": questions_per_scene,
         "examples_seen": report.examples_seen, "spec": asdict(spec), "family": DEMO_FAMILY.name,
         "params": count_parameters(model)[1], "vocab_size": len(processor.tokenizer),
         "train_seconds": round(report.seconds, 1), "eval_seconds": round(eval_seconds, 1),
@@ -349,7 +406,7 @@ every command and test of blip2plugins runs offline. It is a toy: it only knows 
 - Blip2ForConditionalGeneration, OPT family: {spec['image_size']}x{spec['image_size']} input, patch {spec['patch_size']}; a vision encoder
   of width {spec['vision_hidden']} and {spec['vision_layers']} layers; Q-Former and OPT of width {spec['hidden']} and {spec['layers']} layers;
   {spec['heads']} heads, {spec['num_query_tokens']} query tokens; a {spec['max_positions']}-token context (5 turns beside a
-  system text of about 40 tokens and the default 30 new tokens).
+  system text of about 40 tokens and the default 30 new tokens; trained on prompts up to the end of that room).
 - {facts['params']:,} parameters; model + processor files {size / 1e6:.2f} MB (fp32 safetensors).
 - Tokenizer: byte-level BPE ({facts['vocab_size']} tokens with `<image>`) trained on every caption,
   question/answer line and chat turn of the world and the recipe's system texts
@@ -363,8 +420,8 @@ every command and test of blip2plugins runs offline. It is a toy: it only knows 
 - Other questions than the three kinds above, and other words for them ("which colour...").
 - Shapes smaller than about 8 px, or barely differing from their background.
 - Chats longer than its context: ChatBlip2 and `blip2 chat` drop the oldest turns first.
-- Long chats after a long system text: trained with system texts of up to 14 words, it answers the
-  later turns of a chat that starts with a longer one far worse (see the chat table below).
+- System texts far longer than its training's ({MAX_SYSTEM_CHARS} characters at most, besides its common
+  ones; the chat table's 78-character one holds): beside a long one the host keeps fewer past turns.
 - How sure it is, on pictures far from its training: on badly degraded ones its `score` is often
   high for wrong captions (see the AUROC below).
 
@@ -386,9 +443,12 @@ language model learn to talk about what it sees.
 - Stage 2: `blip2plugins.training.train`, method `full` with the vision encoder frozen, bfloat16 autocast:
   AdamW (weight decay 0.01, none on biases/norms), lr {facts['lr']}, {facts['warmup']} warmup steps then cosine decay,
   grad clipping 1.0, batch {facts['batch_size']}, {facts['steps']} steps ({facts['examples_seen']:,} examples), seed {facts['seed']}.
-  Data (`recipe.SceneExamples`): every example a fresh scene in a random look; a third are captions, a third
-  single questions, a third questions after 1 to {MAX_PAST_TURNS} past turns about the same scene, rendered as
-  the host renders a chat; 30% of the questions follow a system text (common ones, or random words).
+  Data (`recipe.SceneExamples`): {facts['pool']:,} scenes (seed {facts['seed']}) drawn once in random looks ({facts['pool_seconds']:.0f} s),
+  each shown about {facts['examples_seen'] / facts['pool']:.0f} times with a text of its own, flipped horizontally at random; a third are captions,
+  a third single questions, a third questions after 1 to {MAX_PAST_TURNS} past turns about the same scene, rendered as
+  the host renders a chat; 30% of the questions follow a system text (a common one, or 2 to 20 words of
+  `recipe.FILLER` and random letters, up to {MAX_SYSTEM_CHARS} characters): the longest prompts fill the room the
+  host leaves a prompt.
   Loss {facts["first_loss"]} (mean of the first 50 steps) -> {facts['final_loss']} (last steps), {facts['train_seconds']:.0f} s.
 - The whole command took {facts['total_seconds']:.0f} s on {facts['threads']} CPU threads
   (torch {facts['torch']}, transformers {facts['transformers']}, Python {facts['python']}).

@@ -14,6 +14,7 @@ the steps.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import random
@@ -35,32 +36,47 @@ def kind_colours(scene: world.Scene) -> list[int]:
     return [0 if (s := scene.shape(kind)) is None else 1 + world.BASIC_COLOURS.index(s.colour) for kind in world.SHAPES]
 
 
-def _picture(seed: int, i: int) -> tuple[Image.Image, list[int]]:
-    """Pool entry ``i``: odd entries are plain scenes of 20 px shapes, even ones the whole world in a random look."""
+def _scene(seed: int, i: int) -> tuple[world.Scene, random.Random]:
+    """Pool entry ``i``'s scene and the generator that goes on to draw its look."""
     rng = random.Random(f"vision:{seed}:{i}")
+    return world.random_scene(rng, size=(20, 20) if i % 2 else world.SIZE), rng
+
+
+def pool_picture(seed: int, i: int) -> Image.Image:
+    """Pool entry ``i``: odd entries are plain scenes of 20 px shapes, even ones the whole world in a random look."""
+    scene, rng = _scene(seed, i)
     if i % 2:
-        scene = world.random_scene(rng, size=(20, 20))
-        return world.render(scene), kind_colours(scene)
-    scene = world.random_scene(rng)
-    return world.draw(scene, world.random_look(rng), seed=seed * 1_000_003 + i), kind_colours(scene)
+        return world.render(scene)
+    return world.draw(scene, world.random_look(rng), seed=seed * 1_000_003 + i)
 
 
-def _draw_chunk(args: tuple[Any, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    image_processor, seed, start, stop = args
-    pictures = [_picture(seed, i) for i in range(start, stop)]
-    pixels = image_processor([p for p, _ in pictures], do_rescale=False, do_normalize=False, return_tensors="np")
-    return np.rint(pixels["pixel_values"]).clip(0, 255).astype(np.uint8), np.array([y for _, y in pictures], dtype=np.int64)
+def _draw_chunk(args: tuple[Any, Callable[[int], Image.Image], int, int]) -> np.ndarray:
+    image_processor, picture, start, stop = args
+    pixels = image_processor([picture(i) for i in range(start, stop)], do_rescale=False, do_normalize=False,
+                             return_tensors="np")
+    return np.rint(pixels["pixel_values"]).clip(0, 255).astype(np.uint8)
 
 
-def draw_pool(n: int, seed: int, image_processor: Any, *, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` pictures resized by ``image_processor`` (uint8, N x 3 x S x S) and their :func:`kind_colours`."""
-    chunks = [(image_processor, seed, start, min(n, start + 1000)) for start in range(0, n, 1000)]
+def draw_pool(n: int, image_processor: Any, picture: Callable[[int], Image.Image], *, workers: int = 2) -> torch.Tensor:
+    """``picture(i)`` for ``i < n``, resized by ``image_processor``: uint8, N x 3 x S x S.
+
+    ``workers`` processes draw chunks of 1,000 (``picture`` must pickle: a module-level function,
+    a ``functools.partial`` of one, or a method of a picklable object); the pool is the same for any
+    number of workers.
+    """
+    chunks = [(image_processor, picture, start, min(n, start + 1000)) for start in range(0, n, 1000)]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             parts = pool.map(_draw_chunk, chunks)
     else:
         parts = [_draw_chunk(chunk) for chunk in chunks]
-    return torch.from_numpy(np.concatenate([x for x, _ in parts])), torch.from_numpy(np.concatenate([y for _, y in parts]))
+    return torch.from_numpy(np.concatenate(parts))
+
+
+def vision_pool(n: int, seed: int, image_processor: Any, *, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1's ``n`` pictures (:func:`pool_picture`) and their :func:`kind_colours`."""
+    pixels = draw_pool(n, image_processor, functools.partial(pool_picture, seed), workers=workers)
+    return pixels, torch.tensor([kind_colours(_scene(seed, i)[0]) for i in range(n)], dtype=torch.long)
 
 
 def pretrain_vision(vision_model: torch.nn.Module, image_processor: Any, *, seed: int, steps: int,
@@ -74,7 +90,7 @@ def pretrain_vision(vision_model: torch.nn.Module, image_processor: Any, *, seed
     """
     started = time.perf_counter()
     pool = min(pool, steps * batch_size)  # a short run needs no more pictures than it sees
-    pixels, labels = draw_pool(max(2, pool), seed, image_processor)
+    pixels, labels = vision_pool(max(2, pool), seed, image_processor)
     drawn = time.perf_counter() - started
     mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1) * 255
