@@ -198,7 +198,8 @@ def test_drawn_scene_examples_cycle_through_pictures_drawn_up_front() -> None:
     data = SceneExamples(30, seed=0, questions_per_scene=2)
     drawn = data.drawn(20, processor, workers=2)
     assert len(drawn) == len(data) == 90 and drawn.pictures.shape == (20, 3, 64, 64)
-    expected = processor([data.picture(3)], do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
+    assert drawn.scenes == [data.scene(i) for i in range(20)]
+    expected = processor([data.picture(3)[0]], do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
     assert torch.equal(drawn.pictures[3], torch.from_numpy(expected.round().clip(0, 255).astype("uint8")))
     assert [drawn[i][1:] for i in range(20)] == [data[i][1:] for i in range(20)]  # same texts as drawn lazily
     assert drawn[23].image.tobytes() == drawn[3].image.tobytes()  # picture 3 again, with a text of its own

@@ -110,18 +110,18 @@ class SceneExamples(Sequence[Example]):
     equally likely. With ``looks`` each example draws its scene with a random :func:`world.random_look`
     (else plain 64 px, hard edges).
 
-    With ``pictures`` (:meth:`drawn`: the first scenes' pictures, already resized by the processor)
-    example ``i`` shows scene ``i % len(pictures)`` as drawn there, with a text of its own.
+    :meth:`drawn` draws the first scenes up front (``pictures``, already resized by the processor, and
+    their ``scenes``); example ``i`` then shows scene ``i % len(pictures)`` as drawn there, with a text of its own.
     """
 
     def __init__(self, n_scenes: int, seed: int, *, family: Family = DEMO_FAMILY, questions_per_scene: int = 1,
-                 palette: Sequence[str] = world.BASIC_COLOURS, looks: bool = True, chat: bool = True,
-                 pictures: torch.Tensor | None = None) -> None:
+                 palette: Sequence[str] = world.BASIC_COLOURS, looks: bool = True, chat: bool = True) -> None:
         self.n_scenes, self.seed, self.family = n_scenes, seed, family
         self.per_scene = 1 + questions_per_scene
         self.palette = tuple(palette)
         self.looks, self.chat = looks, chat
-        self.pictures = pictures
+        self.pictures: torch.Tensor | None = None
+        self.scenes: list[world.Scene] = []
 
     def __len__(self) -> int:
         return self.n_scenes * self.per_scene
@@ -136,15 +136,16 @@ class SceneExamples(Sequence[Example]):
         rng = random.Random(f"look:{self.seed}:{i}")
         return world.draw(scene, world.random_look(rng), seed=self.seed * 1_000_003 + i)
 
-    def picture(self, i: int) -> Image.Image:
-        """Example ``i``'s scene drawn in its look."""
-        return self.image(self.scene(i), i)
+    def picture(self, i: int) -> tuple[Image.Image, world.Scene]:
+        """Example ``i``'s scene drawn in its look, and the scene."""
+        scene = self.scene(i)
+        return self.image(scene, i), scene
 
     def drawn(self, n: int, image_processor: Any, *, workers: int = 2) -> SceneExamples:
         """These examples on the first ``n`` scenes' pictures, drawn up front by ``workers`` processes
         and resized by ``image_processor`` (which then leaves them as they are)."""
         drawn = copy.copy(self)
-        drawn.pictures = draw_pool(min(n, len(self)), image_processor, self.picture, workers=workers)
+        drawn.pictures, drawn.scenes = draw_pool(min(n, len(self)), image_processor, self.picture, workers=workers)
         return drawn
 
     def __getitem__(self, i: int) -> Example:  # type: ignore[override]
@@ -155,7 +156,7 @@ class SceneExamples(Sequence[Example]):
             image = self.image(scene, i)
         else:
             shown = i % len(self.pictures)
-            scene = self.scene(shown)
+            scene = self.scenes[shown]
             image = Image.fromarray(self.pictures[shown].permute(1, 2, 0).numpy())
         return Example(image, *self.text(scene, i))
 

@@ -19,7 +19,7 @@ import math
 import multiprocessing
 import random
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from . import world
 
 #: Classes of each kind's slot: absent, then the basic colours.
 SLOT_CLASSES = 1 + len(world.BASIC_COLOURS)
+T = TypeVar("T")
 
 
 def kind_colours(scene: world.Scene) -> list[int]:
@@ -42,41 +43,46 @@ def _scene(seed: int, i: int) -> tuple[world.Scene, random.Random]:
     return world.random_scene(rng, size=(20, 20) if i % 2 else world.SIZE), rng
 
 
-def pool_picture(seed: int, i: int) -> Image.Image:
-    """Pool entry ``i``: odd entries are plain scenes of 20 px shapes, even ones the whole world in a random look."""
+def pool_picture(seed: int, i: int) -> tuple[Image.Image, list[int]]:
+    """Pool entry ``i`` and its :func:`kind_colours`: odd entries are plain scenes of 20 px shapes,
+    even ones the whole world in a random look."""
     scene, rng = _scene(seed, i)
     if i % 2:
-        return world.render(scene)
-    return world.draw(scene, world.random_look(rng), seed=seed * 1_000_003 + i)
+        return world.render(scene), kind_colours(scene)
+    return world.draw(scene, world.random_look(rng), seed=seed * 1_000_003 + i), kind_colours(scene)
 
 
-def _draw_chunk(args: tuple[Any, Callable[[int], Image.Image], int, int]) -> np.ndarray:
-    image_processor, picture, start, stop = args
-    pixels = image_processor([picture(i) for i in range(start, stop)], do_rescale=False, do_normalize=False,
-                             return_tensors="np")
-    return np.rint(pixels["pixel_values"]).clip(0, 255).astype(np.uint8)
+def _draw_chunk(args: tuple[Any, Callable[[int], tuple[Image.Image, T]], int, int]) -> tuple[np.ndarray, list[T]]:
+    image_processor, draw, start, stop = args
+    images, facts = zip(*(draw(i) for i in range(start, stop)))
+    pixels = image_processor(list(images), do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"]
+    if pixels.dtype != np.uint8:  # a backend that resizes in floating point
+        pixels = np.rint(pixels).clip(0, 255).astype(np.uint8)
+    return pixels, list(facts)
 
 
-def draw_pool(n: int, image_processor: Any, picture: Callable[[int], Image.Image], *, workers: int = 2) -> torch.Tensor:
-    """``picture(i)`` for ``i < n``, resized by ``image_processor``: uint8, N x 3 x S x S.
+def draw_pool(n: int, image_processor: Any, draw: Callable[[int], tuple[Image.Image, T]], *,
+              workers: int = 2) -> tuple[torch.Tensor, list[T]]:
+    """The pictures of ``draw(i)`` for ``i < n``, resized by ``image_processor`` (uint8, N x 3 x S x S),
+    and what ``draw`` gave beside each (its scene, its labels...).
 
-    ``workers`` processes draw chunks of 1,000 (``picture`` must pickle: a module-level function,
+    ``workers`` processes draw chunks of 1,000 (``draw`` must pickle: a module-level function,
     a ``functools.partial`` of one, or a method of a picklable object); the pool is the same for any
     number of workers.
     """
-    chunks = [(image_processor, picture, start, min(n, start + 1000)) for start in range(0, n, 1000)]
+    chunks = [(image_processor, draw, start, min(n, start + 1000)) for start in range(0, n, 1000)]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             parts = pool.map(_draw_chunk, chunks)
     else:
         parts = [_draw_chunk(chunk) for chunk in chunks]
-    return torch.from_numpy(np.concatenate(parts))
+    return torch.from_numpy(np.concatenate([pixels for pixels, _ in parts])), [f for _, facts in parts for f in facts]
 
 
 def vision_pool(n: int, seed: int, image_processor: Any, *, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 1's ``n`` pictures (:func:`pool_picture`) and their :func:`kind_colours`."""
-    pixels = draw_pool(n, image_processor, functools.partial(pool_picture, seed), workers=workers)
-    return pixels, torch.tensor([kind_colours(_scene(seed, i)[0]) for i in range(n)], dtype=torch.long)
+    pixels, labels = draw_pool(n, image_processor, functools.partial(pool_picture, seed), workers=workers)
+    return pixels, torch.tensor(labels, dtype=torch.long)
 
 
 def pretrain_vision(vision_model: torch.nn.Module, image_processor: Any, *, seed: int, steps: int,
