@@ -47,9 +47,8 @@ def pool_picture(seed: int, i: int) -> tuple[Image.Image, list[int]]:
     """Pool entry ``i`` and its :func:`kind_colours`: odd entries are plain scenes of 20 px shapes,
     even ones the whole world in a random look."""
     scene, rng = _scene(seed, i)
-    if i % 2:
-        return world.render(scene), kind_colours(scene)
-    return world.draw(scene, world.random_look(rng), seed=seed * 1_000_003 + i), kind_colours(scene)
+    image = world.render(scene) if i % 2 else world.draw(scene, world.random_look(rng), seed=seed * 1_000_003 + i)
+    return image, kind_colours(scene)
 
 
 def _draw_chunk(args: tuple[Any, Callable[[int], tuple[Image.Image, T]], int, int]) -> tuple[np.ndarray, list[T]]:
