@@ -126,6 +126,23 @@ def test_looks_vary_canvas_edges_noise_and_compression() -> None:
     assert image.tobytes() == world.draw(scene, look, seed=3).tobytes() != world.draw(scene, look, seed=4).tobytes()
 
 
+def test_rough_looks_degrade_far_more_and_leave_the_other_looks_as_they_were() -> None:
+    rng = random.Random(0)
+    rough = [world.rough_look(rng) for _ in range(400)]
+    assert all(14 <= look.width <= 160 and 14 <= look.height <= 160 for look in rough)
+    assert any(max(look.width, look.height) > 2.5 * min(look.width, look.height) for look in rough)
+    assert any(max(look.width, look.height) < 28 for look in rough)
+    assert 0.4 < sum(look.noise >= 10 for look in rough) / 400 < 0.6
+    assert 0.5 < sum(look.jpeg is not None and look.jpeg <= 40 for look in rough) / 400 < 0.7
+    keys = [f"0:{i}" for i in range(400)]
+    plain = [world.training_look(random.Random(i), key, 0.0) for i, key in enumerate(keys)]
+    assert plain == [world.random_look(random.Random(i)) for i in range(400)]
+    mixed = [world.training_look(random.Random(i), key, 0.15) for i, key in enumerate(keys)]
+    changed = [a != b for a, b in zip(plain, mixed)]
+    assert 0.08 < sum(changed) / 400 < 0.22  # the rough share; every other look is the one it was
+    assert mixed == [world.training_look(random.Random(i), key, 0.15) for i, key in enumerate(keys)]
+
+
 def test_same_seed_same_scenes() -> None:
     a, b, c = scenes(50, seed=7), scenes(50, seed=7), scenes(50, seed=8)
     assert a == b and a != c
@@ -151,11 +168,12 @@ def test_scene_examples_are_seeded_and_mix_captions_questions_and_conversations(
     prompts = [ex.prompt for ex in examples]
     assert 0.25 < prompts.count("") / len(prompts) < 0.42  # a third captions
     chats = [p for p in prompts if p.count("Question: ") > 1]
-    assert 0.25 < len(chats) / len(prompts) < 0.42  # a third questions after past turns
+    assert 0.33 < len(chats) / len(prompts) < 0.47  # 40% questions after past turns
     assert {p.count("Question: ") for p in chats} == {2, 3, 4, 5}  # 1 to 4 past turns, then the question
+    assert 0.4 < sum(p.count("Question: ") == 5 for p in chats) / len(chats) < 0.6  # 4 past turns half the time
     asked = [p for p in prompts if p]
     assert all(p.endswith("? Answer:") for p in asked)
-    assert 0.2 < sum(not p.startswith("Question: ") for p in asked) / len(asked) < 0.4  # a system text first
+    assert 0.4 < sum(not p.startswith("Question: ") for p in asked) / len(asked) < 0.6  # a system text first
     assert len({ex.image.size for ex in examples}) > 50  # drawn in many looks
     with pytest.raises(IndexError):
         data[900]

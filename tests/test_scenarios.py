@@ -5,7 +5,7 @@ pictures scored before and after training come from the independent painter (``t
 which the model never trains on. Fewer held-out scenes than the README's figures, to stay fast.
 
 Measured with seed 0 on 200 painter scenes of each kind (``docs/fine-tuning.md`` has the table):
-vocabulary: team 0.0 -> 0.935, plain 0.99 -> 0.99; purple: purple 0.0 -> 0.665, ordinary 1.0 -> 0.965.
+vocabulary: team 0.0 -> 0.95, plain 0.985 -> 0.975; purple: purple 0.0 -> 0.75, ordinary 0.995 -> 0.975.
 The bars sit a margin below these.
 """
 

@@ -37,10 +37,10 @@ from .vision_pretrain import draw_pool, pretrain_vision
 CaptionFn = Callable[[list[Image.Image]], list[str]]
 AskFn = Callable[[list[Image.Image], list[str]], list[str]]
 
-#: The demo model's sizes: 64 px input, patch 8; a vision encoder of width 96 and 2 layers; Q-Former
+#: The demo model's sizes: 64 px input, patch 8; a vision encoder of width 96 and 3 layers; Q-Former
 #: and OPT of width 64 and 2 layers; 4 heads, 8 queries, a 160-token context.
 DEMO_SPEC = ModelSpec(image_size=64, patch_size=8, hidden=64, layers=2, heads=4, num_query_tokens=8,
-                      max_positions=160, vision_layers=2, vision_hidden=96)
+                      max_positions=160, vision_layers=3, vision_hidden=96)
 DEMO_FAMILY = OPT
 DEFAULT_SEED = 0
 DEFAULT_STEPS = 2700
@@ -50,6 +50,8 @@ INIT_STD = 0.1
 EVAL_SEED_OFFSET = 1000
 #: Steps of the vision encoder's pretraining (stage 1, :mod:`.vision_pretrain`).
 DEFAULT_VISION_STEPS = 4500
+#: Stage 1's pictures (half plain, half in random looks), drawn up front.
+DEFAULT_VISION_POOL = 250000
 
 
 #: System texts a chat may start with (ChatBlip2 sends a system message as a preamble): common ones,
@@ -73,6 +75,9 @@ MAX_PAST_TURNS = 4
 MAX_SYSTEM_CHARS = 64
 #: Stage 2's pictures drawn up front; each is shown with different texts as the examples cycle through them.
 DEFAULT_POOL = 80000
+#: Share of stage 2's pictures drawn in a :func:`world.rough_look`: on them the model learns to be unsure,
+#: so that its score falls where a picture hides its scene.
+ROUGH_LOOKS = 0.15
 
 
 class Picture(NamedTuple):
@@ -84,13 +89,13 @@ class Picture(NamedTuple):
 
 
 def random_system(rng: random.Random) -> str:
-    """A system text: one of :data:`SYSTEM_TEXTS` (30%), or 2 to 20 words, each a :data:`FILLER` word
+    """A system text: one of :data:`SYSTEM_TEXTS` (30%), or 2 to 30 words, each a :data:`FILLER` word
     or 1 to 9 random letters (words the tokenizer splits into pieces, as it does most of a user's),
     up to :data:`MAX_SYSTEM_CHARS` characters."""
     if rng.random() < 0.3:
         return rng.choice(SYSTEM_TEXTS)
     words: list[str] = []
-    for _ in range(rng.randint(2, 20)):
+    for _ in range(rng.randint(2, 30)):
         word = (rng.choice(FILLER) if rng.random() < 0.5
                 else "".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 9))))
         if len(" ".join([*words, word])) + 1 > MAX_SYSTEM_CHARS:
@@ -104,11 +109,11 @@ class SceneExamples(Sequence[Example]):
 
     Everything is seeded from ``seed`` and the index, so any example can be drawn in any order, and
     consecutive examples are already in random order. An example is a caption, or ``questions_per_scene``
-    times as often a question; with ``chat``, half of the questions come after 1 to
-    :data:`MAX_PAST_TURNS` past turns about the same scene, and 30% of all questions after a system
-    text (:func:`random_system`), as ChatBlip2 renders one. Question kinds (colour, count, presence) are
-    equally likely. With ``looks`` each example draws its scene with a random :func:`world.random_look`
-    (else plain 64 px, hard edges).
+    times as often a question; with ``chat``, 60% of the questions come after 1 to
+    :data:`MAX_PAST_TURNS` past turns about the same scene (the most half the time), and half of all
+    questions after a system text (:func:`random_system`), as ChatBlip2 renders one. Question kinds
+    (colour, count, presence) are equally likely. With ``looks`` each example draws its scene in a
+    random :func:`world.training_look`, :data:`ROUGH_LOOKS` of them rough (else plain 64 px, hard edges).
 
     :meth:`drawn` draws the first scenes up front (``pictures``, already resized by the processor, and
     their ``scenes``); example ``i`` then shows scene ``i % len(pictures)`` as drawn there, with a text of its own.
@@ -134,7 +139,8 @@ class SceneExamples(Sequence[Example]):
         if not self.looks:
             return world.render(scene)
         rng = random.Random(f"look:{self.seed}:{i}")
-        return world.draw(scene, world.random_look(rng), seed=self.seed * 1_000_003 + i)
+        look = world.training_look(rng, f"{self.seed}:{i}", ROUGH_LOOKS)
+        return world.draw(scene, look, seed=self.seed * 1_000_003 + i)
 
     def picture(self, i: int) -> tuple[Image.Image, world.Scene]:
         """Example ``i``'s scene drawn in its look, and the scene."""
@@ -168,8 +174,10 @@ class SceneExamples(Sequence[Example]):
         qa = world.questions(scene)
         asked = rng.choice(["colour", "count", "presence"])
         question, answer = rng.choice([pair for pair in qa if world.question_kind(pair[0]) == asked])
-        past = [rng.choice(qa) for _ in range(rng.randint(1, MAX_PAST_TURNS))] if self.chat and rng.random() < 0.5 else []
-        system = random_system(rng) if self.chat and rng.random() < 0.3 else None
+        # 1 to MAX_PAST_TURNS past turns, the most half the time: long prompts are rare otherwise
+        turns = min(rng.randint(1, 2 * MAX_PAST_TURNS - 2), MAX_PAST_TURNS)
+        past = [rng.choice(qa) for _ in range(turns)] if self.chat and rng.random() < 0.6 else []
+        system = random_system(rng) if self.chat and rng.random() < 0.5 else None
         return chat_text(self.family, past, question, system), answer
 
 
@@ -298,12 +306,14 @@ def _denormals_flushed() -> Iterator[None]:
 
 @_denormals_flushed()
 def train_demo(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT_SEED, steps: int = DEFAULT_STEPS,
-               vision_steps: int = DEFAULT_VISION_STEPS, batch_size: int = 64, lr: float = 1e-3, warmup: int = 200,
-               questions_per_scene: int = 2, pool: int = DEFAULT_POOL, eval_scenes: int = 1000, threads: int | None = 2,
-               spec: ModelSpec = DEMO_SPEC, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+               vision_steps: int = DEFAULT_VISION_STEPS, vision_pool: int = DEFAULT_VISION_POOL, batch_size: int = 64,
+               lr: float = 1e-3, warmup: int = 200, questions_per_scene: int = 2, pool: int = DEFAULT_POOL,
+               eval_scenes: int = 1000, threads: int | None = 2, spec: ModelSpec = DEMO_SPEC, progress: bool = True,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the demo model from scratch, evaluate it on fresh scenes and save it with its card.
 
-    Stage 1 pretrains the vision encoder for ``vision_steps`` (:func:`.vision_pretrain.pretrain_vision`);
+    Stage 1 pretrains the vision encoder for ``vision_steps`` on ``vision_pool`` pictures
+    (:func:`.vision_pretrain.pretrain_vision`);
     stage 2 trains the Q-Former and the language model on captions, questions and chats for ``steps``
     with the vision encoder frozen, as BLIP-2 does, on ``pool`` pictures drawn up front. Returns the
     card's numbers: held-out metrics, parameter count, size and time. Denormal floats are flushed to
@@ -316,7 +326,8 @@ def train_demo(out_dir: str | os.PathLike[str], *, seed: int = DEFAULT_SEED, ste
     tokenizer = train_tokenizer(corpus(DEMO_FAMILY), DEMO_FAMILY.name)
     processor = build_processor(tokenizer, spec)
     model = prepare_for_scratch(build_model(processor, DEMO_FAMILY.name, spec, seed=seed), seed=seed)
-    vision = pretrain_vision(model.vision_model, processor.image_processor, seed=seed, steps=vision_steps, log=log)
+    vision = pretrain_vision(model.vision_model, processor.image_processor, seed=seed, steps=vision_steps,
+                            pool=vision_pool, log=log)
     log(f"vision encoder pretrained in {vision['vision_seconds']:.0f} s, loss {vision['vision_first_loss']:.3f} -> "
         f"{vision['vision_final_loss']:.4f}")
     n_scenes = -(-steps * batch_size // (1 + questions_per_scene))  # as many examples as the steps take
@@ -424,8 +435,8 @@ every command and test of blip2plugins runs offline. It is a toy: it only knows 
 - Chats longer than its context: ChatBlip2 and `blip2 chat` drop the oldest turns first.
 - System texts far longer than its training's ({MAX_SYSTEM_CHARS} characters at most, besides its common
   ones; the chat table's 78-character one holds): beside a long one the host keeps fewer past turns.
-- How sure it is, on pictures far from its training: on badly degraded ones its `score` is often
-  high for wrong captions (see the AUROC below).
+- How sure it is, on pictures far from its training: on badly degraded ones its `score` tells right
+  captions from wrong ones only in part (see the AUROC below).
 
 ## Recipe
 Two stages, as BLIP-2 has: a vision encoder trained first, then frozen while the Q-Former and the
@@ -446,9 +457,11 @@ language model learn to talk about what it sees.
   AdamW (weight decay 0.01, none on biases/norms), lr {facts['lr']}, {facts['warmup']} warmup steps then cosine decay,
   grad clipping 1.0, batch {facts['batch_size']}, {facts['steps']} steps ({facts['examples_seen']:,} examples), seed {facts['seed']}.
   Data (`recipe.SceneExamples`): {facts['pool']:,} scenes (seed {facts['seed']}) drawn once in random looks ({facts['pool_seconds']:.0f} s),
+  {ROUGH_LOOKS:.0%} of them rough (`world.rough_look`: 14-160 px a side with aspect up to 4, strong noise in half, JPEG at
+  quality 5-40 in 60%; the model learns to be unsure where a picture hides its scene),
   each shown about {facts['examples_seen'] / facts['pool']:.0f} times with a text of its own, flipped horizontally at random; a third are captions,
-  a third single questions, a third questions after 1 to {MAX_PAST_TURNS} past turns about the same scene, rendered as
-  the host renders a chat; 30% of the questions follow a system text (a common one, or 2 to 20 words of
+  27% single questions, 40% questions after 1 to {MAX_PAST_TURNS} past turns about the same scene ({MAX_PAST_TURNS} half the time),
+  rendered as the host renders a chat; half of the questions follow a system text (a common one, or 2 to 30 words of
   `recipe.FILLER` and random letters, up to {MAX_SYSTEM_CHARS} characters): the longest prompts fill the room the
   host leaves a prompt.
   Loss {facts["first_loss"]} (mean of the first 50 steps) -> {facts['final_loss']} (last steps), {facts['train_seconds']:.0f} s.

@@ -27,7 +27,8 @@ from ..building import build_retrieval_model
 from ..errors import ModelLoadError, OptionError
 from ..training.retrieval_train import RetrievalTrainConfig, train_retrieval
 from . import MODEL_DIR, world
-from .recipe import CARD_MARKERS, DEMO_SPEC, EVAL_SEED_OFFSET, Picture, SceneExamples, pictures, software_versions, write_card
+from .recipe import (CARD_MARKERS, DEMO_SPEC, EVAL_SEED_OFFSET, ROUGH_LOOKS, Picture, SceneExamples, pictures,
+                     software_versions, write_card)
 
 ImageFn = Callable[[list[Image.Image]], torch.Tensor]  # images -> (N, Q, D) unit-length query embeddings
 TextFn = Callable[[list[str]], torch.Tensor]  # texts -> (N, D) unit-length embeddings
@@ -285,7 +286,7 @@ nothing else.
 - AdamW (weight decay {facts['weight_decay']}, none on biases / norms / temperature), lr {facts['lr']},
   {facts['warmup']} warmup steps then cosine decay, grad clipping 1.0, batch {facts['batch_size']}, {facts['steps']} steps
   ({facts['examples_seen']:,} freshly drawn scenes, seed {facts['seed']}, each in a random look as the
-  captioning model's: canvas size and aspect, edges, noise, JPEG).
+  captioning model's: canvas size and aspect, edges, noise, JPEG; {ROUGH_LOOKS:.0%} of them rough).
 - ITC loss {facts['itc_loss'][0]} -> {facts['itc_loss'][1]}, ITM loss {facts['itm_loss'][0]} -> {facts['itm_loss'][1]}
   (means of the first and the last logged steps).
 - Training took {facts['train_seconds']:.0f} s, the whole command {facts['total_seconds']:.0f} s, on {facts['threads']} CPU

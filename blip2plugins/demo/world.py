@@ -216,6 +216,11 @@ class Look:
     jpeg: int | None = None  # quality, or None for none
 
 
+def _edges(rng: random.Random, width: int, height: int) -> int:
+    """A supersampling factor: hard edges (1) or anti-aliased ones (2, or 4 on canvases up to 96 px)."""
+    return rng.choice((1, 2, 4)) if max(width, height) <= 96 else rng.choice((1, 2))
+
+
 def random_look(rng: random.Random) -> Look:
     """A look any camera or drawing program might give: half the time the 64 px square, otherwise
     a canvas of 28 to 160 px a side (aspect up to about 1.7); hard or anti-aliased edges; mild noise
@@ -225,10 +230,29 @@ def random_look(rng: random.Random) -> Look:
         width = round(2 ** rng.uniform(4.8, 7.3))
         height = min(160, max(28, round(width * 2 ** rng.uniform(-0.75, 0.75))))
         width = min(160, max(28, width))
-    supersample = rng.choice((1, 2, 4)) if max(width, height) <= 96 else rng.choice((1, 2))
+    supersample = _edges(rng, width, height)
     noise = rng.uniform(2.0, 10.0) if rng.random() < 0.3 else 0.0
     jpeg = rng.randint(30, 95) if rng.random() < 0.35 else None
     return Look(width, height, supersample, noise, jpeg)
+
+
+def rough_look(rng: random.Random) -> Look:
+    """A far worse picture than :func:`random_look` gives, still of the same scene: a canvas of 14 to
+    160 px a side with aspect up to 4; hard or anti-aliased edges; strong noise (50%); JPEG at quality
+    5-40 (60%). A few in training teach the model to be unsure where a picture hides its scene."""
+    width = round(2 ** rng.uniform(3.8, 7.3))
+    height = min(160, max(14, round(width * 2 ** rng.uniform(-2, 2))))
+    width = min(160, max(14, width))
+    supersample = _edges(rng, width, height)
+    noise = rng.uniform(10.0, 40.0) if rng.random() < 0.5 else 0.0
+    jpeg = rng.randint(5, 40) if rng.random() < 0.6 else None
+    return Look(width, height, supersample, noise, jpeg)
+
+
+def training_look(rng: random.Random, key: str, rough: float) -> Look:
+    """A :func:`rough_look` with probability ``rough`` (decided by a generator of its own, seeded from
+    ``key``, so the other looks do not change with it), else a :func:`random_look`; both drawn from ``rng``."""
+    return rough_look(rng) if random.Random(f"rough:{key}").random() < rough else random_look(rng)
 
 
 def draw(scene: Scene, look: Look, *, seed: int = 0) -> Image.Image:
