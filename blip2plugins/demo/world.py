@@ -216,6 +216,14 @@ class Look:
     jpeg: int | None = None  # quality, or None for none
 
 
+def _canvas(rng: random.Random, sides: tuple[float, float], aspect: float, smallest: int) -> tuple[int, int]:
+    """A canvas whose width is 2**uniform(``sides``) px and aspect 2**uniform(+-``aspect``), each side
+    kept within ``smallest`` to 160 px."""
+    width = round(2 ** rng.uniform(*sides))
+    height = min(160, max(smallest, round(width * 2 ** rng.uniform(-aspect, aspect))))
+    return min(160, max(smallest, width)), height
+
+
 def _edges(rng: random.Random, width: int, height: int) -> int:
     """A supersampling factor: hard edges (1) or anti-aliased ones (2, or 4 on canvases up to 96 px)."""
     return rng.choice((1, 2, 4)) if max(width, height) <= 96 else rng.choice((1, 2))
@@ -227,9 +235,7 @@ def random_look(rng: random.Random) -> Look:
     (30%); JPEG at quality 30-95 (35%)."""
     width = height = CANVAS
     if rng.random() < 0.5:
-        width = round(2 ** rng.uniform(4.8, 7.3))
-        height = min(160, max(28, round(width * 2 ** rng.uniform(-0.75, 0.75))))
-        width = min(160, max(28, width))
+        width, height = _canvas(rng, (4.8, 7.3), 0.75, 28)
     supersample = _edges(rng, width, height)
     noise = rng.uniform(2.0, 10.0) if rng.random() < 0.3 else 0.0
     jpeg = rng.randint(30, 95) if rng.random() < 0.35 else None
@@ -240,9 +246,7 @@ def rough_look(rng: random.Random) -> Look:
     """A far worse picture than :func:`random_look` gives, still of the same scene: a canvas of 14 to
     160 px a side with aspect up to 4; hard or anti-aliased edges; strong noise (50%); JPEG at quality
     5-40 (60%). A few in training teach the model to be unsure where a picture hides its scene."""
-    width = round(2 ** rng.uniform(3.8, 7.3))
-    height = min(160, max(14, round(width * 2 ** rng.uniform(-2, 2))))
-    width = min(160, max(14, width))
+    width, height = _canvas(rng, (3.8, 7.3), 2.0, 14)
     supersample = _edges(rng, width, height)
     noise = rng.uniform(10.0, 40.0) if rng.random() < 0.5 else 0.0
     jpeg = rng.randint(5, 40) if rng.random() < 0.6 else None
